@@ -45,12 +45,7 @@ export class HostIoError extends VirtioError<'HOST_IO'> {
 }
 
 export type UsageErrorCode =
-  | 'INVALID_ARGUMENT'
-  | 'INVALID_STATE'
-  | 'QUEUE_FULL'
-  | 'QUEUE_BROKEN'
-  | 'NOT_IN_FLIGHT'
-  | 'OUT_OF_MEMORY';
+  'INVALID_ARGUMENT' | 'INVALID_STATE' | 'QUEUE_FULL' | 'QUEUE_BROKEN' | 'NOT_IN_FLIGHT' | 'OUT_OF_MEMORY';
 
 /** The library was called wrongly (a programming error in the caller, never guest input). */
 export class UsageError extends VirtioError<UsageErrorCode> {}

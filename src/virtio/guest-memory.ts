@@ -11,7 +11,8 @@
  */
 import { GuestFault, UsageError, hex } from './errors.js';
 
-export type GuestMemoryErrorCode = 'GUEST_ADDRESS_OUT_OF_RANGE' | 'GUEST_RANGE_SPANS_HOLE' | 'GUEST_RANGE_OVERFLOW';
+export type GuestMemoryErrorCode =
+  'GUEST_ADDRESS_OUT_OF_RANGE' | 'GUEST_RANGE_SPANS_HOLE' | 'GUEST_RANGE_OVERFLOW';
 
 /** An access fell outside guest memory. Always the guest's fault: the address came from the guest. */
 export class GuestMemoryError extends GuestFault<GuestMemoryErrorCode> {
@@ -42,7 +43,11 @@ export class GuestRegion {
   constructor(init: GuestRegionInit) {
     const { guestAddr, bytes } = init;
     if (!Number.isSafeInteger(guestAddr) || guestAddr < 0) {
-      throw new UsageError('INVALID_ARGUMENT', `region address ${guestAddr} is not a safe non-negative integer`, guestAddr);
+      throw new UsageError(
+        'INVALID_ARGUMENT',
+        `region address ${guestAddr} is not a safe non-negative integer`,
+        guestAddr,
+      );
     }
     if (bytes.length === 0) {
       throw new UsageError('INVALID_ARGUMENT', `region at ${hex(guestAddr)} is empty`, guestAddr);
@@ -90,7 +95,8 @@ export class GuestMemory {
   #last: GuestRegion;
 
   constructor(regions: readonly GuestRegionInit[]) {
-    if (regions.length === 0) throw new UsageError('INVALID_ARGUMENT', 'guest memory needs at least one region', 0);
+    if (regions.length === 0)
+      throw new UsageError('INVALID_ARGUMENT', 'guest memory needs at least one region', 0);
     const sorted = regions.map((r) => new GuestRegion(r)).sort((a, b) => a.guestAddr - b.guestAddr);
     for (let i = 1; i < sorted.length; i++) {
       const prev = sorted[i - 1] as GuestRegion;
@@ -152,7 +158,12 @@ export class GuestMemory {
     checkArgs(addr, len);
     const region = this.findRegion(addr) ?? (len === 0 ? this.#regionEndingAt(addr) : undefined);
     if (region === undefined) {
-      throw new GuestMemoryError('GUEST_ADDRESS_OUT_OF_RANGE', `address ${hex(addr)} is not in guest memory`, addr, len);
+      throw new GuestMemoryError(
+        'GUEST_ADDRESS_OUT_OF_RANGE',
+        `address ${hex(addr)} is not in guest memory`,
+        addr,
+        len,
+      );
     }
     if (addr + len > region.end) {
       const next = this.findRegion(region.end);
