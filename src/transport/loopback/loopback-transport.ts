@@ -29,7 +29,7 @@
  * const transport = new LoopbackTransport(myDevice, { memorySize: 4 << 20 });
  * const dev = await bus.addDevice(transport);                  // reset, negotiate, probe, DRIVER_OK
  * // In the driver: const [vq] = await dev.findVqs([{ name: 'rq', callback: onUsed }]);
- * //                 const buf = transport.allocator.alloc(512); vq.addInbuf([{ addr: buf, len: 512 }], token);
+ * //                 const buf = dev.ops.allocator.alloc(512); vq.addInbuf([{ addr: buf, len: 512 }], token);
  * //                 vq.kick();   // the device runs on the next microtask, onUsed after it
  * ```
  */

@@ -2,6 +2,8 @@
  * What a transport provides to the driver model (Linux's struct virtio_config_ops). Every call is async:
  * transports such as qtest-driven virtio-pci or a vhost-user front end need a round trip per access.
  */
+import type { GuestAllocator } from '../guest-allocator.js';
+import type { GuestMemory } from '../guest-memory.js';
 import type { Virtqueue } from './virtqueue.js';
 
 /** A queue the driver asks for in findVqs. */
@@ -20,6 +22,13 @@ export interface VirtioConfigOps {
   readonly vendorId: number;
   /** A short description of where the device is, for messages (e.g. `loopback:0`, `pci:0000:00:04.0`). */
   readonly location: string;
+  /**
+   * The guest memory the device can reach (Linux's DMA-able memory): drivers place their buffers here and pass
+   * guest-physical addresses to addBuf.
+   */
+  readonly memory: GuestMemory;
+  /** Allocates driver buffers inside {@link memory} (Linux's DMA API, here a plain allocator). */
+  readonly allocator: GuestAllocator;
 
   getStatus(): Promise<number>;
   setStatus(status: number): Promise<void>;

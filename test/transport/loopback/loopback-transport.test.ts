@@ -1,3 +1,4 @@
+import type { VirtioConfigOps } from '../../../src/virtio/driver/config-ops.js';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -44,12 +45,13 @@ interface Request {
  * The driver half of the echo device: requests are a readable buffer with the input and a writable buffer of
  * the same size, each split into `segments` scatter entries; completions come through the queue callback.
  */
+/** The driver's side of the echo device: uses only what VirtioConfigOps gives any driver. */
 class EchoClient {
-  readonly transport: LoopbackTransport;
+  readonly transport: VirtioConfigOps;
   vq: Virtqueue | undefined;
   completed = 0;
 
-  constructor(transport: LoopbackTransport) {
+  constructor(transport: VirtioConfigOps) {
     this.transport = transport;
   }
 
@@ -144,7 +146,6 @@ function echoDriver(featureTable: readonly number[] = [ECHO_F_UPPERCASE]): EchoD
     configChanges: 0,
     onConfigChanged: undefined,
     async probe(dev) {
-      assert.ok(dev.ops instanceof LoopbackTransport);
       const client = new EchoClient(dev.ops);
       const [vq] = await dev.findVqs([
         {

@@ -18,6 +18,7 @@ import {
 } from '../../../src/virtio/driver/virtio-driver.js';
 import { UsageError } from '../../../src/virtio/errors.js';
 import { TRANSPORT_FEATURES, VirtioFeature, featureBit } from '../../../src/virtio/features.js';
+import { GuestAllocator } from '../../../src/virtio/guest-allocator.js';
 import { GuestMemory } from '../../../src/virtio/guest-memory.js';
 import { DeviceStatus } from '../../../src/virtio/status.js';
 import {
@@ -41,6 +42,8 @@ class FakeOps implements VirtioConfigOps {
   readonly vendorId: number;
   readonly location = 'fake:0';
   readonly controller: DeviceController;
+  readonly memory = GuestMemory.create(0x1000);
+  readonly allocator = new GuestAllocator(this.memory);
   readonly log: string[] = [];
   findVqsCalls: { specs: readonly (VirtqueueSpec | null)[]; features: bigint }[] = [];
   delVqsCalls = 0;
@@ -53,7 +56,7 @@ class FakeOps implements VirtioConfigOps {
       signalUsed: () => undefined,
       signalConfig: () => this.#configHandler?.(),
     });
-    this.controller.setMemory(GuestMemory.create(0x1000));
+    this.controller.setMemory(this.memory);
   }
 
   getStatus(): Promise<number> {
