@@ -1,0 +1,349 @@
+/**
+ * `RawFileBackend`: a raw disk image — a regular file on the host whose bytes are the disk's bytes — as a
+ * {@link BlockBackend}.
+ *
+ * ```ts
+ * const backend = await RawFileBackend.open('/var/lib/images/disk.raw', { readOnly: false });
+ * const device = new BlkDevice({ backend, serial: 'disk0' });
+ * // ... later
+ * await backend.close();
+ * ```
+ *
+ * - **Open**: O_RDWR, or O_RDONLY when `readOnly` (the file is then never opened for writing, so not even a bug
+ *   could change it); never O_CREAT or O_TRUNC: the image must exist. The path is stat'ed before the open and
+ *   the descriptor fstat'ed after it: only regular files are accepted (a FIFO would block the open, a directory
+ *   or socket is not an image); block devices are refused with their own code. O_NONBLOCK is set so that even
+ *   a path swapped for a FIFO between the two checks cannot hang the open (it has no effect on regular files).
+ *   Every failure is a {@link BlockBackendError} naming the path.
+ * - **Size**: the file's size at open. The device's capacity is fixed from it.
+ * - **Data**: `FileHandle.readv` / `writev` at explicit positions (preadv/pwritev on libuv's thread pool, so
+ *   requests run concurrently) straight from/to the guest-memory views — zero copy. Short transfers continue
+ *   where they stopped (a kernel may transfer less than asked, libuv caps one call at IOV_MAX buffers).
+ * - **Reads past end of file** (the file shrank under us after open): the missing bytes read as zeros, as
+ *   QEMU's raw driver does, rather than failing the request: the guest sees the same thing as for a sparse hole.
+ * - **Flush**: `fdatasync` (nothing to do on a read-only image).
+ * - **Discard**: fallocate(PUNCH_HOLE | KEEP_SIZE): the range is deallocated and reads back as zeros. On a file
+ *   system without hole punching (EOPNOTSUPP) discard does nothing: it is only a hint (§5.2.6.2 "MAY").
+ * - **Write zeroes**: fallocate(ZERO_RANGE | KEEP_SIZE), or PUNCH_HOLE | KEEP_SIZE when the driver allows unmap;
+ *   when the file system refuses (EOPNOTSUPP) the back end writes zeros itself. After the first refusal the
+ *   fallocate mode is not tried again.
+ *
+ * fallocate is a synchronous FFI call (src/sys/file.ts): it blocks the event loop for the duration of the
+ * syscall, which for hole punching and zeroing is metadata work, usually short.
+ */
+import { constants, promises as fs, type Stats } from 'node:fs';
+import type { BlockBackend } from '../../devices/blk/block-backend.js';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+} from '../../sys/file.js';
+import { HostIoError } from '../../virtio/errors.js';
+import { BlockBackendError } from './block-backend-error.js';
+
+/** Buffers per preadv/pwritev call: Linux's IOV_MAX (libuv would cap a longer list there anyway). */
+const IOV_MAX = 1024;
+/** The shared source of zeros for the write-zeroes fallback, and the size of each write from it. */
+const ZERO_CHUNK = 1 << 20;
+/** Zero chunks per pwritev call in the fallback (16 MiB per call). */
+const ZERO_CHUNKS_PER_CALL = 16;
+/** errno of EOPNOTSUPP / ENOTSUP on Linux (the same value): the file system cannot do this fallocate mode. */
+const EOPNOTSUPP = 95;
+const UNSUPPORTED_CODES: ReadonlySet<unknown> = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS']);
+
+let zeroChunk: Uint8Array | undefined;
+
+export interface RawFileOpenOptions {
+  /** Open O_RDONLY; the device is then read-only (VIRTIO_BLK_F_RO). */
+  readonly readOnly?: boolean;
+}
+
+export class RawFileBackend implements BlockBackend {
+  readonly path: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly logicalBlockSize = 512;
+  /** writeZeroes with unmap punches a hole. */
+  readonly writeZeroesMayUnmap = true;
+
+  readonly #handle: fs.FileHandle;
+  #closed = false;
+  #punchHole = true;
+  #zeroRange = true;
+
+  private constructor(path: string, handle: fs.FileHandle, size: number, readOnly: boolean) {
+    this.path = path;
+    this.#handle = handle;
+    this.size = size;
+    this.readOnly = readOnly;
+  }
+
+  /** Opens the raw image at `path`. Rejects with a {@link BlockBackendError} naming the path. */
+  static async open(path: string, options: RawFileOpenOptions = {}): Promise<RawFileBackend> {
+    const readOnly = options.readOnly === true;
+    let before: Stats;
+    try {
+      before = await fs.stat(path);
+    } catch (e) {
+      throw openError(path, e, readOnly);
+    }
+    checkKind(path, before);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(path, (readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_NONBLOCK);
+    } catch (e) {
+      throw openError(path, e, readOnly);
+    }
+    try {
+      const st = await handle.stat();
+      checkKind(path, st);
+      return new RawFileBackend(path, handle, st.size, readOnly);
+    } catch (e) {
+      await handle.close();
+      if (e instanceof BlockBackendError) throw e;
+      throw openError(path, e, readOnly);
+    }
+  }
+
+  /** The host file descriptor (for FFI calls such as fallocate). */
+  get fd(): number {
+    return this.#handle.fd;
+  }
+
+  readv(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    return this.#transfer('read', offset, bufs);
+  }
+
+  writev(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    if (this.readOnly) return Promise.reject(this.#readOnlyError('write', offset, totalLength(bufs)));
+    return this.#transfer('write', offset, bufs);
+  }
+
+  async flush(): Promise<void> {
+    this.#checkOpen('flush', 0, 0);
+    if (this.readOnly) return;
+    try {
+      await this.#handle.datasync();
+    } catch (e) {
+      throw this.#ioError('flush', 0, 0, e);
+    }
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return settle(() => {
+      this.#checkOpen('discard', offset, length);
+      if (this.readOnly) throw this.#readOnlyError('discard', offset, length);
+      if (!this.#punchHole || length === 0) return;
+      try {
+        fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+      } catch (e) {
+        if (!isUnsupported(e)) throw this.#ioError('discard', offset, length, e);
+        this.#punchHole = false; // a hint only: nothing to do without hole punching
+      }
+    });
+  }
+
+  async writeZeroes(offset: number, length: number, unmap: boolean): Promise<void> {
+    this.#checkOpen('write zeroes', offset, length);
+    if (this.readOnly) throw this.#readOnlyError('write zeroes', offset, length);
+    if (length === 0) return;
+    if (unmap && this.#punchHole) {
+      try {
+        fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+        return;
+      } catch (e) {
+        if (!isUnsupported(e)) throw this.#ioError('write zeroes', offset, length, e);
+        this.#punchHole = false;
+      }
+    }
+    if (this.#zeroRange) {
+      try {
+        fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+        return;
+      } catch (e) {
+        if (!isUnsupported(e)) throw this.#ioError('write zeroes', offset, length, e);
+        this.#zeroRange = false;
+      }
+    }
+    // The file system can do neither: write zeros, up to ZERO_CHUNKS_PER_CALL chunks per pwritev.
+    const zero = (zeroChunk ??= new Uint8Array(ZERO_CHUNK));
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const bufs: Uint8Array[] = [];
+      let n = 0;
+      while (pos + n < end && bufs.length < ZERO_CHUNKS_PER_CALL) {
+        const k = Math.min(ZERO_CHUNK, end - pos - n);
+        bufs.push(k === ZERO_CHUNK ? zero : zero.subarray(0, k));
+        n += k;
+      }
+      await this.#transfer('write', pos, bufs);
+      pos += n;
+    }
+  }
+
+  /** Closes the file; later calls fail with a HostIoError. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#handle.close();
+  }
+
+  /** preadv / pwritev of every byte of `bufs` at `offset`, continuing after short transfers. */
+  async #transfer(kind: 'read' | 'write', offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const total = totalLength(bufs);
+    this.#checkOpen(kind, offset, total);
+    let pos = offset;
+    /** The buffer being transferred and how much of it is done. */
+    let index = 0;
+    let done = 0;
+    const batch: Uint8Array[] = [];
+    for (;;) {
+      while (index < bufs.length && (bufs[index] as Uint8Array).length === done) {
+        index++;
+        done = 0;
+      }
+      if (index >= bufs.length) return;
+      batch.length = 0;
+      for (let i = index; i < bufs.length && batch.length < IOV_MAX; i++) {
+        const b = bufs[i] as Uint8Array;
+        const part = i === index ? b.subarray(done) : b;
+        if (part.length > 0) batch.push(part);
+      }
+      let n: number;
+      try {
+        n =
+          kind === 'read'
+            ? (await this.#handle.readv(batch, pos)).bytesRead
+            : (await this.#handle.writev(batch, pos)).bytesWritten;
+      } catch (e) {
+        throw this.#ioError(kind, offset, total, e);
+      }
+      if (n === 0) {
+        if (kind === 'write') {
+          throw new HostIoError(`${this.path}: write at ${pos} made no progress`, {
+            path: this.path,
+            offset,
+          });
+        }
+        // End of file: the image shrank after open. The rest reads as zeros (see the module comment).
+        for (let i = index; i < bufs.length; i++) (bufs[i] as Uint8Array).fill(0, i === index ? done : 0);
+        return;
+      }
+      pos += n;
+      let left = n;
+      while (left > 0) {
+        const room = (bufs[index] as Uint8Array).length - done;
+        if (left >= room) {
+          left -= room;
+          index++;
+          done = 0;
+        } else {
+          done += left;
+          left = 0;
+        }
+      }
+    }
+  }
+
+  #checkOpen(what: string, offset: number, length: number): void {
+    if (this.#closed) {
+      throw new HostIoError(`${this.path}: ${what} at ${offset}+${length} after close`, {
+        path: this.path,
+        offset,
+        length,
+      });
+    }
+  }
+
+  #readOnlyError(what: string, offset: number, length: number): HostIoError {
+    return new HostIoError(`${this.path}: ${what} at ${offset}+${length} refused: opened read-only`, {
+      path: this.path,
+      offset,
+      length,
+    });
+  }
+
+  #ioError(what: string, offset: number, length: number, cause: unknown): HostIoError {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    return new HostIoError(
+      `${this.path}: ${what} at ${offset}+${length} failed: ${reason}`,
+      { path: this.path, offset, length },
+      { cause },
+    );
+  }
+}
+
+function checkKind(path: string, st: Stats): void {
+  if (st.isBlockDevice()) {
+    throw new BlockBackendError(
+      'BLOCK_DEVICE_UNSUPPORTED',
+      path,
+      'is a block device; the raw-file back end serves regular image files only',
+    );
+  }
+  if (!st.isFile()) {
+    const kind = st.isDirectory()
+      ? 'a directory'
+      : st.isFIFO()
+        ? 'a FIFO'
+        : st.isSocket()
+          ? 'a socket'
+          : st.isCharacterDevice()
+            ? 'a character device'
+            : 'not a regular file';
+    throw new BlockBackendError('NOT_A_REGULAR_FILE', path, `is ${kind}, not a regular image file`);
+  }
+}
+
+function openError(path: string, e: unknown, readOnly: boolean): BlockBackendError {
+  const code = (e as { code?: unknown } | null)?.code;
+  const reason = e instanceof Error ? e.message : String(e);
+  const options = { cause: e };
+  switch (code) {
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new BlockBackendError('NOT_FOUND', path, 'no such file', options);
+    case 'EACCES':
+    case 'EPERM':
+      return new BlockBackendError(
+        'PERMISSION_DENIED',
+        path,
+        `permission denied (opening ${readOnly ? 'read-only' : 'read-write'})`,
+        options,
+      );
+    case 'EROFS':
+      return new BlockBackendError(
+        'PERMISSION_DENIED',
+        path,
+        'is on a read-only file system; open it with readOnly',
+        options,
+      );
+    case 'EISDIR':
+      return new BlockBackendError('NOT_A_REGULAR_FILE', path, 'is a directory', options);
+    default:
+      return new BlockBackendError('OPEN_FAILED', path, `cannot be opened: ${reason}`, options);
+  }
+}
+
+function isUnsupported(e: unknown): boolean {
+  const err = e as { code?: unknown; errno?: unknown } | null;
+  return err !== null && (err.errno === EOPNOTSUPP || UNSUPPORTED_CODES.has(err.code));
+}
+
+function totalLength(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
+
+/** Runs `fn` now and returns its outcome as a promise (a throw becomes a rejection). */
+function settle(fn: () => void): Promise<void> {
+  try {
+    fn();
+    return Promise.resolve();
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}
