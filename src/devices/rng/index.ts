@@ -1,0 +1,2 @@
+/** virtio-rng, the entropy device. */
+export * from './rng-device.js';
