@@ -85,7 +85,7 @@ import {
 } from './errors.js';
 import type { MappedRegion, VhostHostIo } from './host-io.js';
 import { VhostUserMessageParser, type VhostUserMessage } from './message-parser.js';
-import { encodeReply, encodeReplyU64, encodeReplyVringState } from './message-writer.js';
+import { encodeReply, encodeReplyU64, encodeReplyVringState, encodeRequest } from './message-writer.js';
 import {
   decodeConfig,
   decodeMemTable,
@@ -99,6 +99,7 @@ import {
   type VringAddr,
 } from './payloads.js';
 import {
+  BackendRequest,
   FLAG_NEED_REPLY,
   FrontendRequest,
   MEM_REGION_SIZE,
@@ -125,6 +126,9 @@ export const SUPPORTED_PROTOCOL_FEATURES = featureSet(
   VhostUserProtocolFeature.RESET_DEVICE,
   VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS,
   VhostUserProtocolFeature.STATUS,
+  // UML's virtio_uml needs the back-end channel: without it, it requests its vring interrupts on irq 0 and the
+  // probe fails (EBUSY). It is also how configuration changes reach the front end.
+  VhostUserProtocolFeature.BACKEND_REQ,
 );
 
 /**
@@ -185,6 +189,8 @@ export interface VhostUserSessionStats {
   activations: number;
   /** Chains in flight when the device was reset by a ring or memory change. */
   inFlightDropped: number;
+  /** Configuration-change notifications sent over the back-end channel. */
+  configChanges: number;
   /** Configuration-change notifications the front-end could not be told about (no back-end channel). */
   configChangesDropped: number;
 }
@@ -252,6 +258,7 @@ export class VhostUserBackendSession {
     errs: 0,
     activations: 0,
     inFlightDropped: 0,
+    configChanges: 0,
     configChangesDropped: 0,
   };
 
@@ -272,6 +279,8 @@ export class VhostUserBackendSession {
   #stale = false;
   /** Error eventfds were signalled for the current DEVICE_NEEDS_RESET. */
   #errSignalled = false;
+  /** The back-end channel (SET_BACKEND_REQ_FD): a socket for requests to the front end. */
+  #backendReqFd: number | null = null;
 
   constructor(device: VirtioDevice, hostIo: VhostHostIo, options: VhostUserSessionOptions = {}) {
     this.device = device;
@@ -406,6 +415,10 @@ export class VhostUserBackendSession {
     this.#unmapAll();
     this.#memory = null;
     for (const fd of this.#parser.reset()) this.hostIo.closeFd(fd);
+    if (this.#backendReqFd !== null) {
+      this.hostIo.closeFd(this.#backendReqFd);
+      this.#backendReqFd = null;
+    }
     this.#protocolFeatures = 0n;
     this.#owner = false;
   }
@@ -480,6 +493,13 @@ export class VhostUserBackendSession {
       case R.RESET_DEVICE:
         this.#resetDeviceState();
         return null;
+      case R.SET_BACKEND_REQ_FD: {
+        const fd = fds.shift();
+        if (fd === undefined) fail('WRONG_FD_COUNT', 'SET_BACKEND_REQ_FD carries no fd', 0);
+        if (this.#backendReqFd !== null) this.hostIo.closeFd(this.#backendReqFd);
+        this.#backendReqFd = fd;
+        return null;
+      }
       case R.GET_MAX_MEM_SLOTS:
         return encodeReplyU64(m.request, BigInt(this.#maxMemSlots));
       case R.ADD_MEM_REG:
@@ -977,11 +997,16 @@ export class VhostUserBackendSession {
   }
 
   #signalConfig(): void {
-    if ((this.controller.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0) {
-      // A real configuration change: without a back-end channel (BACKEND_REQ) the front-end cannot be told.
+    // The spec's configuration change notification travels over the back-end channel; without one the
+    // front-end cannot be told.
+    const channel = this.#backendReqFd;
+    if (channel !== null && hasFeature(this.#protocolFeatures, VhostUserProtocolFeature.BACKEND_REQ)) {
+      this.stats.configChanges++;
+      this.hostIo.sendBackendRequest(channel, encodeRequest(BackendRequest.CONFIG_CHANGE_MSG));
+    } else {
       this.stats.configChangesDropped++;
-      return;
     }
+    if ((this.controller.status & DeviceStatus.DEVICE_NEEDS_RESET) === 0) return;
     if (this.#errSignalled) return;
     this.#errSignalled = true;
     for (const [i, ring] of this.#rings.entries()) {

@@ -28,4 +28,9 @@ export interface VhostHostIo {
   signalCall(ringIndex: number, fd: number): void;
   /** Signals the error eventfd of vring `ringIndex` (SET_VRING_ERR): the ring hit an error. Must not throw. */
   signalErr(ringIndex: number, fd: number): void;
+  /**
+   * Sends a request to the front end over the back-end channel `fd` (SET_BACKEND_REQ_FD), e.g. a configuration
+   * change notification. No reply is asked for. Must not throw.
+   */
+  sendBackendRequest(fd: number, bytes: Uint8Array): void;
 }

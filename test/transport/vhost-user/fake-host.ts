@@ -69,6 +69,8 @@ export class FakeHostIo implements VhostHostIo {
     };
   }
 
+  readonly backendRequests: [number, Uint8Array][] = [];
+
   closeFd(fd: number): void {
     if (!this.open.delete(fd)) this.misuse.push(`close of fd ${fd} not open`);
     this.closed.push(fd);
@@ -77,6 +79,11 @@ export class FakeHostIo implements VhostHostIo {
   signalCall(ring: number, fd: number): void {
     if (!this.open.has(fd)) this.misuse.push(`call on closed fd ${fd}`);
     this.calls.push([ring, fd]);
+  }
+
+  sendBackendRequest(fd: number, bytes: Uint8Array): void {
+    if (!this.open.has(fd)) this.misuse.push(`backend request on closed fd ${fd}`);
+    this.backendRequests.push([fd, bytes]);
   }
 
   signalErr(ring: number, fd: number): void {
