@@ -1,16 +1,29 @@
 #!/usr/bin/env node
 /**
- * The `ringvm` command. This stage knows `--version` and `--help`; `serve`, `run`, `img` and `qmp` arrive with
- * the device-side, qcow2 and monitor work.
+ * The `ringvm` command: `serve` (devices on vhost-user sockets), `run` (the UML guest with ringvm's devices),
+ * `--version`, `--help`. `img` and `qmp` arrive with the qcow2 and monitor work. See docs/cli.md.
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import { CliUsageError } from './cli-error.js';
+import { ringvmPackage } from './package-root.js';
+import { runRun } from './run.js';
+import { runServe } from './serve.js';
+
+export { CliUsageError } from './cli-error.js';
 
 const USAGE = `ringvm — the complete virtio stack in TypeScript
 
 Usage:
-  ringvm --version        print the version
-  ringvm --help           print this help
+  ringvm run [OPTIONS] [--] [COMMAND...]   boot the UML guest with ringvm devices; run COMMAND or a shell
+  ringvm serve OPTIONS                     serve devices on vhost-user sockets until Ctrl-C / SIGTERM
+  ringvm COMMAND --help                    the options of a command
+  ringvm --version                         print the version
+  ringvm --help                            print this help
+
+Devices (qemu-storage-daemon syntax, for both commands):
+  --blockdev driver=file,node-name=d0,filename=disk.img
+  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/blk.sock,writable=on
 
 Library:
   import { GuestMemory, SplitQueue, SplitVirtqueue, VirtioBus } from 'ringvm/virtio';
@@ -20,43 +33,12 @@ Benchmarks:
   npm run bench           split-ring round trips and device pop+push rates (loopback transport)
 `;
 
-export class CliUsageError extends Error {
-  readonly code = 'CLI_USAGE';
-  constructor(
-    message: string,
-    readonly value: string,
-  ) {
-    super(message);
-    this.name = 'CliUsageError';
-  }
-}
-
-/** The version in ringvm's package.json, found by walking up from this module (src/ or build/src/). */
-function packageVersion(): string {
-  for (let dir = new URL('.', import.meta.url); dir.pathname !== '/'; dir = new URL('..', dir)) {
-    let text: string;
-    try {
-      text = readFileSync(new URL('package.json', dir), 'utf8');
-    } catch {
-      continue;
-    }
-    const parsed: unknown = JSON.parse(text);
-    if (
-      typeof parsed === 'object' &&
-      parsed !== null &&
-      'name' in parsed &&
-      parsed.name === 'ringvm' &&
-      'version' in parsed &&
-      typeof parsed.version === 'string'
-    ) {
-      return parsed.version;
-    }
-  }
-  throw new Error('ringvm package.json not found');
-}
-
-/** Runs the command line; returns the exit status. */
-export function main(argv: readonly string[], out: (s: string) => void, err: (s: string) => void): number {
+/** Runs the command line; resolves with the exit status. */
+export async function main(
+  argv: readonly string[],
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
   const [first, ...rest] = argv;
   try {
     if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
@@ -66,9 +48,11 @@ export function main(argv: readonly string[], out: (s: string) => void, err: (s:
     if (first === '--version' || first === '-V') {
       if (rest.length > 0)
         throw new CliUsageError(`--version takes no arguments, got '${rest.join(' ')}'`, rest.join(' '));
-      out(`ringvm ${packageVersion()}\n`);
+      out(`ringvm ${ringvmPackage().version}\n`);
       return 0;
     }
+    if (first === 'serve') return await runServe(rest, { out, err });
+    if (first === 'run') return await runRun(rest, { out, err });
     throw new CliUsageError(
       first.startsWith('-') ? `unknown option '${first}'` : `unknown command '${first}'`,
       first,
@@ -84,9 +68,20 @@ export function main(argv: readonly string[], out: (s: string) => void, err: (s:
 
 // Run when executed directly, including through the npm bin symlink.
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
-  process.exitCode = main(
+  main(
     process.argv.slice(2),
     (s) => process.stdout.write(s),
     (s) => process.stderr.write(s),
+  ).then(
+    (status) => {
+      process.exitCode = status;
+      // serve and run have stopped everything they started; should a stray handle keep the event loop alive,
+      // do not hang on it.
+      setTimeout(() => process.exit(), 2000).unref();
+    },
+    (e: unknown) => {
+      process.stderr.write(`ringvm: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+      process.exitCode = 1;
+    },
   );
 }

@@ -1,0 +1,195 @@
+/**
+ * The device factories `ringvm serve` and `ringvm run` hand to {@link VhostUserExport}: each runs inside the
+ * export's worker thread, opens the device's host back ends there (an image, a RAM disk, chardevs) and returns
+ * the device with a `close` that flushes and releases them. Their arguments are plain JSON built from the
+ * command line by {@link exportFactoryRef}; the factories re-check only what the type system cannot promise.
+ *
+ * ```ts
+ * const { device, close } = await createBlkDevice({ backend: { driver: 'file', filename: '/x.img' }, readOnly: true });
+ * ```
+ */
+import { fstatSync, createReadStream } from 'node:fs';
+import net from 'node:net';
+import type { Readable, Writable } from 'node:stream';
+import tty from 'node:tty';
+import { isMainThread } from 'node:worker_threads';
+import { MemoryBackend } from '../backends/block/memory-backend.js';
+import { RawFileBackend } from '../backends/block/raw-file.js';
+import { FileChardev } from '../backends/chardev/file-chardev.js';
+import { StdioChardev } from '../backends/chardev/stdio-chardev.js';
+import { UnixSocketChardev } from '../backends/chardev/unix-socket-chardev.js';
+import { BlkDevice } from '../devices/blk/blk-device.js';
+import type { BlockBackend } from '../devices/blk/block-backend.js';
+import type { Chardev } from '../devices/console/chardev.js';
+import { ConsoleDevice } from '../devices/console/console-device.js';
+import { RngDevice } from '../devices/rng/rng-device.js';
+import type { VirtioDevice } from '../virtio/device/virtio-device.js';
+
+/** What a factory returns (the shape of vhost-user-export's `DeviceInstance`). */
+export interface DeviceInstance<D extends VirtioDevice = VirtioDevice> {
+  readonly device: D;
+  /** Host I/O is in flight: the worker's event loop must keep running. */
+  busy?(): boolean;
+  idle?(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export type BlockBackendArgs =
+  | { readonly driver: 'file'; readonly filename: string }
+  | { readonly driver: 'memory'; readonly size: number };
+
+export interface BlkDeviceArgs {
+  readonly backend: BlockBackendArgs;
+  /** The guest sees a read-only disk and the image is opened O_RDONLY. */
+  readonly readOnly: boolean;
+  readonly numQueues?: number;
+  readonly serial?: string;
+}
+
+export type ChardevArgs =
+  | {
+      readonly backend: 'socket';
+      readonly path: string;
+      readonly server: boolean;
+      readonly reconnectMs?: number;
+    }
+  | { readonly backend: 'stdio' }
+  | { readonly backend: 'file'; readonly path: string; readonly append: boolean };
+
+export interface ConsolePortArgs {
+  readonly chardev: ChardevArgs;
+  readonly name?: string;
+  readonly console: boolean;
+}
+
+export interface ConsoleDeviceArgs {
+  readonly ports: readonly ConsolePortArgs[];
+}
+
+export type RngDeviceArgs = Record<string, never>;
+
+/**
+ * Maximum queue size of the console and rng devices. A vhost-user front end picks the ring size without asking
+ * the back end: UML's virtio_uml always asks for 256 (its MAX_SUPPORTED_QUEUE_SIZE), QEMU up to its queue-size
+ * property. The devices' own defaults (128, 64) would refuse UML's rings. blk's default is 256 already.
+ */
+export const EXPORT_QUEUE_SIZE = 256;
+
+/** virtio-blk over a raw image (opened read-only unless the export is writable) or a RAM disk. */
+export async function createBlkDevice(args: BlkDeviceArgs): Promise<DeviceInstance<BlkDevice>> {
+  const backend: BlockBackend =
+    args.backend.driver === 'file'
+      ? await RawFileBackend.open(args.backend.filename, { readOnly: args.readOnly })
+      : new MemoryBackend(args.backend.size, { readOnly: args.readOnly });
+  let device: BlkDevice;
+  try {
+    device = new BlkDevice({
+      backend,
+      readOnly: args.readOnly,
+      ...(args.numQueues !== undefined && { numQueues: args.numQueues }),
+      ...(args.serial !== undefined && { serial: args.serial }),
+    });
+  } catch (e) {
+    await backend.close();
+    throw e;
+  }
+  let closed: Promise<void> | undefined;
+  return {
+    device,
+    busy: () => device.inFlight > 0,
+    idle: () => device.idle(),
+    close: () =>
+      (closed ??= (async () => {
+        await device.idle();
+        try {
+          if (!backend.readOnly) await backend.flush();
+        } finally {
+          await backend.close();
+        }
+      })()),
+  };
+}
+
+/** virtio-console with MULTIPORT: every port's chardev is started here (a server socket listens from now). */
+export async function createConsoleDevice(args: ConsoleDeviceArgs): Promise<DeviceInstance<ConsoleDevice>> {
+  const chardevs: Chardev[] = [];
+  try {
+    for (const port of args.ports) chardevs.push(await startChardev(port.chardev));
+    const device = new ConsoleDevice({
+      queueSize: EXPORT_QUEUE_SIZE,
+      ports: args.ports.map((port, i) => ({
+        chardev: chardevs[i] as Chardev,
+        console: port.console,
+        ...(port.name !== undefined && { name: port.name }),
+      })),
+    });
+    let closed: Promise<void> | undefined;
+    return {
+      device,
+      // The chardevs deliver on the worker's event loop at any time (a client connects, host bytes arrive).
+      busy: () => true,
+      close: () =>
+        (closed ??= (async () => {
+          device.detach();
+          await closeAll(chardevs);
+        })()),
+    };
+  } catch (e) {
+    await closeAll(chardevs);
+    throw e;
+  }
+}
+
+/** virtio-rng from the host's crypto source. */
+export function createRngDevice(_args: RngDeviceArgs = {}): Promise<DeviceInstance<RngDevice>> {
+  return Promise.resolve({
+    device: new RngDevice({ queueSize: EXPORT_QUEUE_SIZE }),
+    close: () => Promise.resolve(),
+  });
+}
+
+async function closeAll(chardevs: readonly Chardev[]): Promise<void> {
+  const results = await Promise.allSettled(chardevs.map((c) => c.close()));
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
+}
+
+async function startChardev(args: ChardevArgs): Promise<Chardev> {
+  switch (args.backend) {
+    case 'socket': {
+      const chardev = new UnixSocketChardev({
+        path: args.path,
+        mode: args.server ? 'server' : 'client',
+        ...(args.reconnectMs !== undefined && { reconnectMs: args.reconnectMs }),
+      });
+      await chardev.start();
+      return chardev;
+    }
+    case 'file': {
+      const chardev = new FileChardev({ path: args.path, truncate: !args.append });
+      await chardev.start();
+      return chardev;
+    }
+    case 'stdio': {
+      const chardev = new StdioChardev(stdioStreams());
+      chardev.start();
+      return chardev;
+    }
+  }
+}
+
+/**
+ * This process's stdin and stdout. In a worker thread `process.stdin` carries nothing (it is fed by the parent
+ * thread only on request), so the worker opens fd 0 itself; stdout is opened on fd 1 when it is a terminal and
+ * otherwise goes through `process.stdout` (which Node forwards to the main thread).
+ */
+function stdioStreams(): { input: Readable; output: Writable } {
+  if (isMainThread) return { input: process.stdin, output: process.stdout };
+  let input: Readable;
+  const st = fstatSync(0);
+  if (tty.isatty(0)) input = new tty.ReadStream(0);
+  else if (st.isFIFO() || st.isSocket()) input = new net.Socket({ fd: 0, readable: true, writable: false });
+  else input = createReadStream('', { fd: 0, autoClose: false });
+  const output: Writable = tty.isatty(1) ? new tty.WriteStream(1) : process.stdout;
+  return { input, output };
+}

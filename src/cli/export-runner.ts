@@ -1,0 +1,167 @@
+/**
+ * Starts and stops the vhost-user exports of a {@link DevicePlan} (shared by `ringvm serve` and `ringvm run`):
+ * one {@link VhostUserExport} per `--export`, each building its device in its own worker thread from
+ * device-factories.ts.
+ */
+import {
+  VhostUserExport,
+  type DeviceFactoryRef,
+  type VhostUserExportOptions,
+} from '../transport/vhost-user/vhost-user-export.js';
+import type { BlkDeviceArgs, ChardevArgs, ConsoleDeviceArgs, RngDeviceArgs } from './device-factories.js';
+import type { ChardevPlan, DevicePlan, ExportPlan } from './serve-options.js';
+
+/** What the commands use of a started export (VhostUserExport's public surface). */
+export interface ExportHandle {
+  readonly socketPath: string;
+  /** Settles when the export has stopped (after stop(), or when its worker died). */
+  readonly closed: Promise<void>;
+  /** Stops serving: closes connections, closes the device (flush), removes the socket. */
+  stop(): Promise<void>;
+}
+
+/** Starts one export: `VhostUserExport.start` (tests may pass another). */
+export type ExportStarter = (options: VhostUserExportOptions) => Promise<ExportHandle>;
+
+export interface RunningExport {
+  readonly plan: ExportPlan;
+  readonly handle: ExportHandle;
+}
+
+/** The factories module, next to this one (build/src/cli/device-factories.js, or the .ts under tsx). */
+export const DEVICE_FACTORIES_MODULE = new URL(
+  `./device-factories${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`,
+  import.meta.url,
+).href;
+
+function chardevArgs(c: ChardevPlan): ChardevArgs {
+  switch (c.backend) {
+    case 'socket':
+      return {
+        backend: 'socket',
+        path: c.path,
+        server: c.server,
+        ...(c.reconnectMs !== undefined && { reconnectMs: c.reconnectMs }),
+      };
+    case 'file':
+      return { backend: 'file', path: c.path, append: c.append };
+    case 'stdio':
+      return { backend: 'stdio' };
+  }
+}
+
+/** The worker-side factory and its JSON arguments for one export of `plan`. */
+export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactoryRef {
+  switch (e.type) {
+    case 'vhost-user-blk': {
+      const b = plan.blockdevs.find((x) => x.nodeName === e.nodeName);
+      if (b === undefined) throw new Error(`internal: no blockdev ${e.nodeName}`);
+      const args: BlkDeviceArgs = {
+        backend:
+          b.driver === 'file' ? { driver: 'file', filename: b.filename } : { driver: 'memory', size: b.size },
+        readOnly: !e.writable,
+        ...(e.numQueues !== undefined && { numQueues: e.numQueues }),
+        ...(e.serial !== undefined && { serial: e.serial }),
+      };
+      return { module: DEVICE_FACTORIES_MODULE, name: 'createBlkDevice', args };
+    }
+    case 'vhost-user-console': {
+      const args: ConsoleDeviceArgs = {
+        ports: e.ports.map((p) => {
+          const c = plan.chardevs.find((x) => x.id === p.chardev);
+          if (c === undefined) throw new Error(`internal: no chardev ${p.chardev}`);
+          return {
+            chardev: chardevArgs(c),
+            console: p.console,
+            ...(p.name !== undefined && { name: p.name }),
+          };
+        }),
+      };
+      return { module: DEVICE_FACTORIES_MODULE, name: 'createConsoleDevice', args };
+    }
+    case 'vhost-user-rng': {
+      const args: RngDeviceArgs = {};
+      return { module: DEVICE_FACTORIES_MODULE, name: 'createRngDevice', args };
+    }
+  }
+}
+
+/** Starts one export with {@link VhostUserExport} (src/transport/vhost-user). */
+export const startVhostUserExport: ExportStarter = (options) => VhostUserExport.start(options);
+
+export interface StartExportsOptions {
+  readonly starter?: ExportStarter;
+  /** Log lines of every export, already prefixed with the export id. */
+  readonly onLog?: (line: string) => void;
+}
+
+/** An export that failed to start; the message names it. */
+export class ExportStartError extends Error {
+  constructor(
+    readonly plan: ExportPlan,
+    cause: unknown,
+  ) {
+    super(`${plan.label}: cannot start: ${cause instanceof Error ? cause.message : String(cause)}`, {
+      cause,
+    });
+    this.name = 'ExportStartError';
+  }
+}
+
+/**
+ * Starts every export at once. If one fails, the others (started or still starting) are stopped and the first
+ * failure is thrown as an {@link ExportStartError}.
+ */
+export async function startExports(
+  plan: DevicePlan,
+  options: StartExportsOptions = {},
+): Promise<RunningExport[]> {
+  const starter = options.starter ?? startVhostUserExport;
+  const onLog = options.onLog;
+  const results = await Promise.allSettled(
+    plan.exports.map(async (e) => ({
+      plan: e,
+      handle: await starter({
+        socketPath: e.socketPath,
+        device: exportFactoryRef(plan, e),
+        ...(onLog !== undefined && {
+          onLog: (line: string) => {
+            onLog(`[${e.id}] ${line}`);
+          },
+        }),
+      }),
+    })),
+  );
+  const running = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const index = results.findIndex((r) => r.status === 'rejected');
+  if (index >= 0) {
+    await stopExports(running);
+    const failed = results[index] as PromiseRejectedResult;
+    throw new ExportStartError(plan.exports[index] as ExportPlan, failed.reason);
+  }
+  return running;
+}
+
+/** Stops every export (in parallel); returns the failures' messages. */
+export async function stopExports(running: readonly RunningExport[]): Promise<string[]> {
+  const results = await Promise.allSettled(running.map((r) => r.handle.stop()));
+  return results.flatMap((r, i) =>
+    r.status === 'rejected'
+      ? [
+          `${(running[i] as RunningExport).plan.label}: stop failed: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`,
+        ]
+      : [],
+  );
+}
+
+/** Resolves with the first export whose `closed` settles (its worker stopped without being asked). */
+export function firstClosed(running: readonly RunningExport[]): Promise<RunningExport> {
+  return Promise.race(
+    running.map((r) =>
+      r.handle.closed.then(
+        () => r,
+        () => r,
+      ),
+    ),
+  );
+}

@@ -1,0 +1,540 @@
+/**
+ * The device options shared by `ringvm serve` and `ringvm run`, in qemu-storage-daemon's syntax, turned into a
+ * typed, validated {@link DevicePlan}:
+ *
+ * ```
+ * --blockdev driver=file,node-name=NAME,filename=PATH[,read-only=on]
+ * --blockdev driver=memory,node-name=NAME,size=SIZE
+ * --chardev socket,id=ID,path=PATH[,server=on|off][,wait=off][,reconnect=SECONDS]
+ * --chardev stdio,id=ID
+ * --chardev file,id=ID,path=PATH[,append=on]
+ * --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCK[,writable=on][,num-queues=N][,serial=S]
+ * --export type=vhost-user-console,id=ID,addr.path=SOCK,chardev=ID[,name=PORTNAME]
+ * --export type=vhost-user-rng,id=ID,addr.path=SOCK
+ * --device virtserialport,export=ID,chardev=ID,name=NAME     (and virtconsole: another console port)
+ * ```
+ *
+ * Two stages, both before anything listens: {@link buildDevicePlan} checks the options themselves (keys, types,
+ * ids, references, socket paths given twice), {@link checkHostResources} checks the host (images exist, are
+ * regular files and open with the access the export needs; socket directories exist; socket paths are free).
+ * Every error is a {@link CliUsageError} whose message names the option, e.g.
+ * `--export id=e0: node-name 'd1' is not a --blockdev`.
+ */
+import { constants, promises as fs, type Stats } from 'node:fs';
+import net from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { CliUsageError } from './cli-error.js';
+import { parseKeyValue, type KeyValueOptions } from './options.js';
+import type { ArgvOption } from './argv.js';
+
+/** The device options (the rest of a subcommand's options are its own). */
+export const DEVICE_OPTIONS = ['--blockdev', '--chardev', '--export', '--device'] as const;
+
+export type BlockdevPlan =
+  | {
+      readonly driver: 'file';
+      readonly nodeName: string;
+      readonly filename: string;
+      readonly readOnly: boolean;
+      readonly label: string;
+    }
+  | {
+      readonly driver: 'memory';
+      readonly nodeName: string;
+      readonly size: number;
+      readonly readOnly: boolean;
+      readonly label: string;
+    };
+
+export type ChardevPlan =
+  | {
+      readonly backend: 'socket';
+      readonly id: string;
+      readonly path: string;
+      readonly server: boolean;
+      /** Client mode: retry the connection every this many ms. */
+      readonly reconnectMs: number | undefined;
+      readonly label: string;
+    }
+  | { readonly backend: 'stdio'; readonly id: string; readonly label: string }
+  | {
+      readonly backend: 'file';
+      readonly id: string;
+      readonly path: string;
+      readonly append: boolean;
+      readonly label: string;
+    };
+
+export interface ConsolePortPlan {
+  /** The --chardev id of the port's host side. */
+  readonly chardev: string;
+  readonly name: string | undefined;
+  readonly console: boolean;
+}
+
+interface ExportCommon {
+  readonly id: string;
+  /** Absolute path of the vhost-user socket. */
+  readonly socketPath: string;
+  readonly label: string;
+}
+
+export interface BlkExportPlan extends ExportCommon {
+  readonly type: 'vhost-user-blk';
+  readonly nodeName: string;
+  /** qemu-storage-daemon's `writable` (default off: the guest sees a read-only disk). */
+  readonly writable: boolean;
+  readonly numQueues: number | undefined;
+  readonly serial: string | undefined;
+}
+
+export interface ConsoleExportPlan extends ExportCommon {
+  readonly type: 'vhost-user-console';
+  /** Port 0 first (the export's own chardev), then the --device ports in command-line order. */
+  readonly ports: readonly ConsolePortPlan[];
+}
+
+export interface RngExportPlan extends ExportCommon {
+  readonly type: 'vhost-user-rng';
+}
+
+export type ExportPlan = BlkExportPlan | ConsoleExportPlan | RngExportPlan;
+export type ExportType = ExportPlan['type'];
+
+export interface DevicePlan {
+  readonly blockdevs: readonly BlockdevPlan[];
+  readonly chardevs: readonly ChardevPlan[];
+  readonly exports: readonly ExportPlan[];
+}
+
+export interface DevicePlanOptions {
+  /**
+   * Where sockets go when an export has no `addr.path` (`ringvm run`: a private temporary directory). Without
+   * it `addr.path` is required.
+   */
+  readonly defaultSocketDir?: string;
+}
+
+/** The virtio device id of each export type (what UML's `virtio_uml.device=SOCK:ID` wants). */
+export const VIRTIO_DEVICE_ID: Readonly<Record<ExportType, number>> = {
+  'vhost-user-blk': 2,
+  'vhost-user-console': 3,
+  'vhost-user-rng': 4,
+};
+
+const EXPORT_TYPES: readonly ExportType[] = ['vhost-user-blk', 'vhost-user-console', 'vhost-user-rng'];
+const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+/** sun_path is 108 bytes on Linux, the last one a NUL. */
+const MAX_SOCKET_PATH_BYTES = 107;
+/** virtio-blk GET_ID: 20 bytes. */
+const MAX_SERIAL_BYTES = 20;
+/** QEMU's VIRTIO_QUEUE_MAX (1024 queues) less the control pair, over two queues per port. */
+const MAX_CONSOLE_PORTS = 511;
+const MAX_PORT_NAME_BYTES = 4096;
+const MAX_QUEUES = 0xffff;
+
+/** Checks an `id`/`node-name` value the way QEMU does (a letter, then letters, digits, `-`, `.`, `_`). */
+function identifier(o: KeyValueOptions, key: string): string {
+  const value = o.string(key);
+  if (!ID.test(value)) {
+    throw o.error(
+      `'${value}' is not a valid identifier (a letter, then letters, digits, '-', '.', '_')`,
+      key,
+    );
+  }
+  return value;
+}
+
+/**
+ * Parses and cross-checks the device options (in command-line order). Options other than
+ * {@link DEVICE_OPTIONS} are ignored (they belong to the subcommand).
+ */
+export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlanOptions = {}): DevicePlan {
+  const blockdevs: BlockdevPlan[] = [];
+  const chardevs: ChardevPlan[] = [];
+  const exportOptions: KeyValueOptions[] = [];
+  const deviceOptions: KeyValueOptions[] = [];
+
+  for (const { name, value } of argv) {
+    switch (name) {
+      case '--blockdev':
+        blockdevs.push(blockdev(parseKeyValue(name, value)));
+        break;
+      case '--chardev':
+        chardevs.push(chardev(parseKeyValue(name, value, { impliedKey: 'backend' })));
+        break;
+      case '--export':
+        exportOptions.push(parseKeyValue(name, value));
+        break;
+      case '--device':
+        deviceOptions.push(parseKeyValue(name, value, { impliedKey: 'driver' }));
+        break;
+      default:
+        break;
+    }
+  }
+
+  const blockdevByName = new Map<string, BlockdevPlan>();
+  for (const b of blockdevs) {
+    const other = blockdevByName.get(b.nodeName);
+    if (other !== undefined) {
+      throw new CliUsageError(`${b.label}: node-name '${b.nodeName}' is already used`, b.nodeName, {
+        option: '--blockdev',
+        key: 'node-name',
+      });
+    }
+    blockdevByName.set(b.nodeName, b);
+  }
+  const chardevById = new Map<string, ChardevPlan>();
+  for (const c of chardevs) {
+    if (chardevById.has(c.id)) {
+      throw new CliUsageError(`${c.label}: id '${c.id}' is already used by another --chardev`, c.id, {
+        option: '--chardev',
+        key: 'id',
+      });
+    }
+    if (c.backend === 'stdio' && chardevs.some((o) => o !== c && o.backend === 'stdio')) {
+      throw new CliUsageError(`${c.label}: only one stdio chardev can exist`, c.id, { option: '--chardev' });
+    }
+    chardevById.set(c.id, c);
+  }
+
+  /** chardev id → the label of the port that uses it. */
+  const chardevUser = new Map<string, string>();
+  const useChardev = (o: KeyValueOptions, key: string, id: string): void => {
+    if (!chardevById.has(id)) throw o.error(`'${id}' is not a --chardev`, key);
+    const user = chardevUser.get(id);
+    if (user !== undefined) {
+      throw o.error(`--chardev '${id}' is already the host side of ${user} (one port per chardev)`, key);
+    }
+    chardevUser.set(id, o.label);
+  };
+  const blockdevUser = new Map<string, string>();
+
+  const exports: (BlkExportPlan | RngExportPlan | (ConsoleExportPlan & { ports: ConsolePortPlan[] }))[] = [];
+  const exportById = new Map<string, (typeof exports)[number]>();
+  for (const o of exportOptions) {
+    o.identifyBy('id');
+    const type = o.choice('type', EXPORT_TYPES);
+    const id = identifier(o, 'id');
+    if (exportById.has(id)) throw o.error(`'${id}' is already used by another --export`, 'id');
+    o.choice('addr.type', ['unix'], 'unix');
+    const given = o.optionalString('addr.path');
+    let socketPath: string;
+    if (given !== undefined) {
+      if (given === '') throw o.error('must not be empty', 'addr.path');
+      socketPath = resolve(given);
+    } else if (options.defaultSocketDir !== undefined) {
+      socketPath = join(options.defaultSocketDir, `${id}.sock`);
+    } else {
+      throw o.error('missing (required: the vhost-user socket to listen on)', 'addr.path', '');
+    }
+    const common = { id, socketPath, label: o.label };
+    let plan: (typeof exports)[number];
+    if (type === 'vhost-user-blk') {
+      const nodeName = o.string('node-name');
+      const writable = o.bool('writable', false);
+      const numQueues = o.optionalInteger('num-queues', 1, MAX_QUEUES);
+      const serial = o.optionalString('serial');
+      if (serial !== undefined && !/^[\x20-\x7e]*$/.test(serial)) {
+        throw o.error(`'${serial}' must be printable ASCII`, 'serial');
+      }
+      if (serial !== undefined && serial.length > MAX_SERIAL_BYTES) {
+        throw o.error(`'${serial}' is longer than ${MAX_SERIAL_BYTES} bytes`, 'serial');
+      }
+      const b = blockdevByName.get(nodeName);
+      if (b === undefined) throw o.error(`'${nodeName}' is not a --blockdev`, 'node-name');
+      const user = blockdevUser.get(nodeName);
+      if (user !== undefined)
+        throw o.error(`--blockdev '${nodeName}' is already exported by ${user}`, 'node-name');
+      blockdevUser.set(nodeName, o.label);
+      if (writable && b.readOnly) {
+        throw o.error(`writable=on, but ${b.label} is read-only=on`, 'writable');
+      }
+      plan = { type, ...common, nodeName, writable, numQueues, serial };
+    } else if (type === 'vhost-user-console') {
+      const chardevId = o.string('chardev');
+      useChardev(o, 'chardev', chardevId);
+      const name = portName(o);
+      plan = { type, ...common, ports: [{ chardev: chardevId, name, console: true }] };
+    } else {
+      plan = { type, ...common };
+    }
+    o.finish();
+    exportById.set(id, plan);
+    exports.push(plan);
+  }
+
+  const deviceIds = new Set<string>();
+  for (const o of deviceOptions) {
+    o.identifyBy('id');
+    const driver = o.choice('driver', ['virtserialport', 'virtconsole']);
+    const id = o.has('id') ? identifier(o, 'id') : undefined;
+    if (id !== undefined) {
+      if (deviceIds.has(id)) throw o.error(`'${id}' is already used by another --device`, 'id');
+      deviceIds.add(id);
+    }
+    const exportId = o.string('export');
+    const target = exportById.get(exportId);
+    if (target === undefined) throw o.error(`'${exportId}' is not an --export`, 'export');
+    if (target.type !== 'vhost-user-console') {
+      throw o.error(`--export '${exportId}' is a ${target.type}, not a vhost-user-console`, 'export');
+    }
+    const chardevId = o.string('chardev');
+    useChardev(o, 'chardev', chardevId);
+    const name = portName(o);
+    if (driver === 'virtserialport' && name === undefined) {
+      throw o.error(
+        'missing (a virtserialport needs a name: /dev/virtio-ports/NAME in the guest)',
+        'name',
+        '',
+      );
+    }
+    if (name !== undefined && target.ports.some((p) => p.name === name)) {
+      throw o.error(`port name '${name}' is already used on --export id=${exportId}`, 'name');
+    }
+    if (target.ports.length >= MAX_CONSOLE_PORTS) {
+      throw o.error(
+        `--export id=${exportId} already has ${MAX_CONSOLE_PORTS} ports (the most a device can have)`,
+      );
+    }
+    o.finish();
+    target.ports.push({ chardev: chardevId, name, console: driver === 'virtconsole' });
+  }
+
+  for (const c of chardevs) {
+    if (!chardevUser.has(c.id)) {
+      throw new CliUsageError(
+        `${c.label}: not used by any port (give it to a vhost-user-console --export or a --device virtserialport)`,
+        c.id,
+        { option: '--chardev' },
+      );
+    }
+  }
+
+  // Every path the command creates or listens on, once.
+  const paths = new Map<string, string>();
+  const claim = (path: string, label: string, key: string): void => {
+    const other = paths.get(path);
+    if (other !== undefined) {
+      throw new CliUsageError(`${label}: ${key}: '${path}' is also used by ${other}`, path, {
+        option: label.split(' ')[0] as string,
+        key,
+      });
+    }
+    paths.set(path, label);
+  };
+  for (const e of exports) claim(e.socketPath, e.label, 'addr.path');
+  for (const c of chardevs) if (c.backend !== 'stdio') claim(c.path, c.label, 'path');
+  for (const b of blockdevs) if (b.driver === 'file') claim(b.filename, b.label, 'filename');
+
+  return { blockdevs, chardevs, exports };
+}
+
+function portName(o: KeyValueOptions): string | undefined {
+  const name = o.optionalString('name');
+  if (name === undefined) return undefined;
+  if (name === '') throw o.error('must not be empty', 'name');
+  if (Buffer.byteLength(name) > MAX_PORT_NAME_BYTES) {
+    throw o.error(`longer than ${MAX_PORT_NAME_BYTES} bytes`, 'name');
+  }
+  return name;
+}
+
+function blockdev(o: KeyValueOptions): BlockdevPlan {
+  o.identifyBy('node-name');
+  const driver = o.choice('driver', ['file', 'memory']);
+  const nodeName = identifier(o, 'node-name');
+  const readOnly = o.bool('read-only', false);
+  let plan: BlockdevPlan;
+  if (driver === 'file') {
+    const filename = resolve(o.string('filename'));
+    plan = { driver, nodeName, filename, readOnly, label: o.label };
+  } else {
+    const size = o.optionalSize('size');
+    if (size === undefined) throw o.error('missing (required: the RAM disk size, e.g. 64M)', 'size', '');
+    if (size === 0 || size % 512 !== 0)
+      throw o.error(`${size} is not a positive multiple of 512 bytes`, 'size');
+    if (size > 2 ** 40) throw o.error(`${size} bytes is more than 1T`, 'size');
+    plan = { driver, nodeName, size, readOnly, label: o.label };
+  }
+  o.finish();
+  return plan;
+}
+
+function chardev(o: KeyValueOptions): ChardevPlan {
+  o.identifyBy('id');
+  const backend = o.choice('backend', ['socket', 'stdio', 'file']);
+  const id = identifier(o, 'id');
+  let plan: ChardevPlan;
+  if (backend === 'socket') {
+    const path = resolve(o.string('path'));
+    const server = o.bool('server', false);
+    if (o.bool('wait', false)) {
+      throw o.error(
+        'wait=on is not supported: ringvm never waits for a chardev client before serving',
+        'wait',
+      );
+    }
+    let reconnectMs: number | undefined;
+    const reconnect = o.optionalInteger('reconnect', 0, 86_400);
+    if (reconnect !== undefined && reconnect > 0) {
+      if (server) throw o.error('only for server=off (a client reconnects; a server listens)', 'reconnect');
+      reconnectMs = reconnect * 1000;
+    }
+    plan = { backend, id, path, server, reconnectMs, label: o.label };
+  } else if (backend === 'file') {
+    const path = resolve(o.string('path'));
+    const append = o.bool('append', false);
+    plan = { backend, id, path, append, label: o.label };
+  } else {
+    plan = { backend, id, label: o.label };
+  }
+  o.finish();
+  return plan;
+}
+
+// ---- host checks ----
+
+function describeCode(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT') return 'does not exist';
+  if (code === 'ENOTDIR') return 'a part of the path is not a directory';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  if (code === 'EROFS') return 'read-only file system';
+  return e instanceof Error ? e.message : String(e);
+}
+
+function kindOf(st: Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isFile()) return 'a regular file';
+  return 'not a regular file';
+}
+
+function hostError(label: string, key: string, message: string, value: string): CliUsageError {
+  return new CliUsageError(`${label}: ${key}: ${message}`, value, {
+    option: label.split(' ')[0] as string,
+    key,
+  });
+}
+
+/**
+ * Checks the host resources the plan names, in command-line order; throws the first problem as a
+ * {@link CliUsageError} naming the option.
+ */
+export async function checkHostResources(plan: DevicePlan): Promise<void> {
+  for (const b of plan.blockdevs) {
+    if (b.driver !== 'file') continue;
+    const writable = plan.exports.some(
+      (e) => e.type === 'vhost-user-blk' && e.nodeName === b.nodeName && e.writable,
+    );
+    await checkImage(b.label, b.filename, writable);
+  }
+  for (const c of plan.chardevs) {
+    if (c.backend === 'socket') {
+      if (c.server) await checkListenPath(c.label, 'path', c.path);
+      else if (c.reconnectMs === undefined) await checkConnectPath(c.label, c.path);
+      else await checkDirectory(c.label, 'path', c.path);
+    } else if (c.backend === 'file') {
+      await checkDirectory(c.label, 'path', c.path);
+      const st = await fs.stat(c.path).catch(() => undefined);
+      if (st?.isDirectory() === true) throw hostError(c.label, 'path', `'${c.path}' is a directory`, c.path);
+    }
+  }
+  for (const e of plan.exports) await checkListenPath(e.label, 'addr.path', e.socketPath);
+}
+
+/** The image exists, is a regular file, and opens read-only (or read-write when an export writes to it). */
+async function checkImage(label: string, path: string, writable: boolean): Promise<void> {
+  let st: Stats;
+  try {
+    st = await fs.stat(path);
+  } catch (e) {
+    throw hostError(label, 'filename', `'${path}' ${describeCode(e)}`, path);
+  }
+  if (!st.isFile()) {
+    throw hostError(label, 'filename', `'${path}' is ${kindOf(st)}, not a raw image file`, path);
+  }
+  try {
+    const handle = await fs.open(
+      path,
+      (writable ? constants.O_RDWR : constants.O_RDONLY) | constants.O_NONBLOCK,
+    );
+    await handle.close();
+  } catch (e) {
+    throw hostError(
+      label,
+      'filename',
+      `cannot open '${path}' for ${writable ? 'reading and writing (an --export has writable=on)' : 'reading'}: ${describeCode(e)}`,
+      path,
+    );
+  }
+}
+
+async function checkDirectory(label: string, key: string, path: string): Promise<void> {
+  const dir = dirname(path);
+  let st: Stats;
+  try {
+    st = await fs.stat(dir);
+  } catch (e) {
+    throw hostError(label, key, `directory '${dir}' ${describeCode(e)}`, path);
+  }
+  if (!st.isDirectory()) throw hostError(label, key, `'${dir}' is not a directory`, path);
+}
+
+/** A socket can be made at `path`: short enough, its directory exists, nothing but a stale socket is there. */
+async function checkListenPath(label: string, key: string, path: string): Promise<void> {
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    throw hostError(
+      label,
+      key,
+      `'${path}' is longer than the ${MAX_SOCKET_PATH_BYTES} bytes a unix socket path can have`,
+      path,
+    );
+  }
+  await checkDirectory(label, key, path);
+  let st: Stats;
+  try {
+    st = await fs.lstat(path);
+  } catch {
+    return; // nothing there: fine
+  }
+  if (!st.isSocket()) {
+    throw hostError(label, key, `'${path}' exists and is ${kindOf(st)}; refusing to replace it`, path);
+  }
+  if (await isListening(path)) {
+    throw hostError(label, key, `another server is listening on '${path}'`, path);
+  }
+}
+
+async function checkConnectPath(label: string, path: string): Promise<void> {
+  let st: Stats;
+  try {
+    st = await fs.stat(path);
+  } catch (e) {
+    throw hostError(
+      label,
+      'path',
+      `'${path}' ${describeCode(e)} (server=off connects to a listening socket; add reconnect=SECONDS to wait for it)`,
+      path,
+    );
+  }
+  if (!st.isSocket()) throw hostError(label, 'path', `'${path}' is ${kindOf(st)}, not a socket`, path);
+}
+
+function isListening(path: string): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolvePromise(true);
+    });
+    probe.once('error', () => {
+      resolvePromise(false);
+    });
+  });
+}

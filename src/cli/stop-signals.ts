@@ -1,0 +1,71 @@
+/**
+ * "Stop now" for the long-running commands: SIGINT and SIGTERM (or an AbortSignal, for tests and embedding).
+ * The first signal asks for a clean stop; a second one while stopping exits at once.
+ */
+export interface StopSource {
+  /** Resolves with the signal's name when a stop is asked for. */
+  readonly requested: Promise<string>;
+  /** Whether a stop was asked for. */
+  readonly isRequested: boolean;
+  /** Removes the signal handlers. */
+  dispose(): void;
+}
+
+export interface StopSourceOptions {
+  /** Listen to SIGINT/SIGTERM (default true). */
+  readonly processSignals?: boolean;
+  readonly signal?: AbortSignal;
+  /** Called on a second signal while stopping (default: process.exit(130)). */
+  readonly onForce?: (signal: string) => void;
+}
+
+export function stopSource(options: StopSourceOptions = {}): StopSource {
+  let requested = false;
+  let resolveRequested!: (signal: string) => void;
+  const promise = new Promise<string>((resolve) => {
+    resolveRequested = resolve;
+  });
+  const onForce =
+    options.onForce ??
+    ((signal: string) => {
+      process.stderr.write(`ringvm: ${signal} again: exiting without cleaning up\n`);
+      process.exit(130);
+    });
+  const request = (signal: string): void => {
+    if (requested) {
+      onForce(signal);
+      return;
+    }
+    requested = true;
+    resolveRequested(signal);
+  };
+  const onSigint = (): void => {
+    request('SIGINT');
+  };
+  const onSigterm = (): void => {
+    request('SIGTERM');
+  };
+  const onAbort = (): void => {
+    request('abort');
+  };
+  const processSignals = options.processSignals ?? true;
+  if (processSignals) {
+    process.on('SIGINT', onSigint);
+    process.on('SIGTERM', onSigterm);
+  }
+  if (options.signal?.aborted === true) request('abort');
+  else options.signal?.addEventListener('abort', onAbort, { once: true });
+  return {
+    requested: promise,
+    get isRequested() {
+      return requested;
+    },
+    dispose() {
+      if (processSignals) {
+        process.off('SIGINT', onSigint);
+        process.off('SIGTERM', onSigterm);
+      }
+      options.signal?.removeEventListener('abort', onAbort);
+    },
+  };
+}
