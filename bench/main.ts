@@ -2,6 +2,7 @@
  * `npm run bench`: every benchmark harness, results printed as a table. Figures are rates on this machine;
  * targets come from the issues and are printed beside them. This is not a test: it never fails on a slow run.
  */
+import { runBlkUmlBench } from './blk-uml.js';
 import { RING_SCENARIOS, runRingBench } from './rings.js';
 
 const ROUND_TRIP_TARGET = 2e6;
@@ -36,6 +37,7 @@ async function main(): Promise<void> {
     `\n1-descriptor targets: round trips ${mega(worstRoundTrip)} vs ${mega(ROUND_TRIP_TARGET)} → ${(worstRoundTrip / ROUND_TRIP_TARGET).toFixed(2)}×; ` +
       `pop+push ${mega(worstPopPush)} vs ${mega(POP_PUSH_TARGET)} → ${(worstPopPush / POP_PUSH_TARGET).toFixed(2)}×`,
   );
+  if (!process.argv.includes('--rings-only')) await runBlkUmlBench();
 }
 
 await main();

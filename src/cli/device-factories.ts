@@ -79,7 +79,7 @@ export const EXPORT_QUEUE_SIZE = 256;
 export async function createBlkDevice(args: BlkDeviceArgs): Promise<DeviceInstance<BlkDevice>> {
   const backend: BlockBackend =
     args.backend.driver === 'file'
-      ? await RawFileBackend.open(args.backend.filename, { readOnly: args.readOnly })
+      ? await RawFileBackend.open(args.backend.filename, { readOnly: args.readOnly, io: 'sync' })
       : new MemoryBackend(args.backend.size, { readOnly: args.readOnly });
   let device: BlkDevice;
   try {
