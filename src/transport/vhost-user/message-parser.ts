@@ -17,12 +17,13 @@
  * }
  * ```
  *
- * **Which message gets the fds.** The fds given with a chunk belong to the first message whose header starts
- * at or after that chunk's first byte. A sender passes each message's fds in the same sendmsg as the message
- * (QEMU, UML and libvhost-user all do; UML's partial-write retry sends the rest without fds), and the kernel
- * delivers them with the read that returns the message's first byte — so in practice they go to the first
- * message that starts in the chunk. Fds arriving with a chunk that only continues an earlier message go to the
- * next message (never to the one already started, whose fds came with its first byte).
+ * **Which message gets the fds.** The fds given with a chunk belong to the message that holds the chunk's last
+ * byte. A sender passes each message's fds in the same sendmsg as the message (QEMU, UML and libvhost-user all
+ * do), and Linux's unix stream receive may glue earlier fd-less messages in front of it in one read, but stops
+ * right after the data that carried fds (or inside it, when the buffer fills, having already handed the fds
+ * over): so the message being read when the chunk ends is the one that was sent with them. (Seen for real: a
+ * front end that sends SET_OWNER, SET_FEATURES and SET_MEM_TABLE back to back is read as one chunk whose fd
+ * is SET_MEM_TABLE's.)
  *
  * **Payload.** `message.payload` is a fresh copy owned by the message, not a view of the parser's buffer.
  *
@@ -71,7 +72,7 @@ export interface VhostUserParserOptions {
 }
 
 interface FdBatch {
-  /** Stream offset of the first byte of the chunk the fds came with. */
+  /** Stream offset of the last byte of the chunk the fds came with. */
   readonly at: number;
   readonly fds: readonly number[];
 }
@@ -124,7 +125,7 @@ export class VhostUserMessageParser {
   push(chunk: Uint8Array, fds: readonly number[] = []): void {
     if (fds.length > 0) {
       if (this.#state === State.Failed) this.#orphans.push(...fds);
-      else this.#batches.push({ at: this.#received, fds: [...fds] });
+      else this.#batches.push({ at: this.#received + Math.max(chunk.length, 1) - 1, fds: [...fds] });
     }
     this.#received += chunk.length;
     if (this.#state === State.Failed || chunk.length === 0) return;
@@ -142,7 +143,7 @@ export class VhostUserMessageParser {
       this.#request = this.#view.getUint32(at + HEADER_REQUEST_OFFSET, true);
       this.#flags = this.#view.getUint32(at + HEADER_FLAGS_OFFSET, true);
       this.#size = this.#view.getUint32(at + HEADER_SIZE_OFFSET, true);
-      this.#fds = this.#claimFds(this.#consumed);
+      this.#fds = this.#claimFds(this.#consumed + HEADER_SIZE + this.#size);
       this.#start += HEADER_SIZE;
       this.#consumed += HEADER_SIZE;
       this.#state = State.Payload;
@@ -189,10 +190,10 @@ export class VhostUserMessageParser {
     return fds;
   }
 
-  /** Takes every fd batch that arrived with a chunk starting at or before `messageStart`. */
-  #claimFds(messageStart: number): number[] {
+  /** Takes every fd batch whose chunk ended before `messageEnd` (the offset just past this message). */
+  #claimFds(messageEnd: number): number[] {
     let n = 0;
-    while (n < this.#batches.length && (this.#batches[n] as FdBatch).at <= messageStart) n++;
+    while (n < this.#batches.length && (this.#batches[n] as FdBatch).at < messageEnd) n++;
     if (n === 0) return [];
     const claimed: number[] = [];
     for (const b of this.#batches.splice(0, n)) claimed.push(...b.fds);

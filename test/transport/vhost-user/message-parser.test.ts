@@ -57,6 +57,39 @@ function protocolError(fn: () => unknown, code: string): VhostUserProtocolError 
   return caught;
 }
 
+/**
+ * What recvmsg returns on a Linux unix stream socket with a `size`-byte buffer, when each message was sent with
+ * its fds in one sendmsg (af_unix.c unix_stream_read_generic): a read glues consecutive sends together, but hands
+ * over the fds of a send as soon as it reads that send's first byte, and then stops at the end of that send.
+ */
+function linuxReads(
+  msgs: readonly { bytes: Uint8Array; fds: number[] }[],
+  size: number,
+): { bytes: Uint8Array; fds: number[] }[] {
+  const reads: { bytes: Uint8Array; fds: number[] }[] = [];
+  let unit = 0;
+  let offset = 0;
+  while (unit < msgs.length) {
+    const bytes: number[] = [];
+    let fds: number[] = [];
+    while (unit < msgs.length && bytes.length < size) {
+      const m = msgs[unit]!;
+      const take = Math.min(size - bytes.length, m.bytes.length - offset);
+      const withFds = offset === 0 && m.fds.length > 0;
+      bytes.push(...m.bytes.subarray(offset, offset + take));
+      offset += take;
+      if (withFds) fds = m.fds;
+      if (offset === m.bytes.length) {
+        unit++;
+        offset = 0;
+      }
+      if (withFds) break;
+    }
+    reads.push({ bytes: Uint8Array.from(bytes), fds });
+  }
+  return reads;
+}
+
 describe('vhost-user canonical messages (bytes built by hand)', () => {
   test('GET_FEATURES request: 12 bytes, version 1, size 0', () => {
     const expected = Uint8Array.from([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
@@ -194,29 +227,13 @@ describe('VhostUserMessageParser: stream handling', () => {
     assert.equal(p.buffered, 0);
   });
 
-  test('split at every byte position (fds with the chunk where their message starts)', () => {
+  test('read with every receive buffer size, as a Linux unix stream socket delivers it', () => {
     const { msgs, all } = stream();
-    const starts: number[] = [];
-    let at = 0;
-    for (const m of msgs) {
-      starts.push(at);
-      at += m.bytes.length;
-    }
-    for (let k = 0; k <= all.length; k++) {
-      // Boundaries: the cut at k, plus the start of every message that carries fds (one sendmsg each).
-      const cuts = new Set<number>([0, k, all.length]);
-      msgs.forEach((m, i) => {
-        if (m.fds.length > 0) cuts.add(starts[i]!);
-      });
-      const sorted = [...cuts].sort((a, b) => a - b);
+    for (let size = 1; size <= all.length; size++) {
       const p = new VhostUserMessageParser();
       const got: VhostUserMessage[] = [];
-      for (let c = 0; c + 1 < sorted.length; c++) {
-        const from = sorted[c]!;
-        const to = sorted[c + 1]!;
-        const i = starts.indexOf(from);
-        const fds = i >= 0 ? msgs[i]!.fds : [];
-        p.push(all.subarray(from, to), fds);
+      for (const chunk of linuxReads(msgs, size)) {
+        p.push(chunk.bytes, chunk.fds);
         got.push(...parseAll(p));
       }
       checkStream(got, msgs);
@@ -251,13 +268,26 @@ describe('VhostUserMessageParser: stream handling', () => {
     assert.equal(decodeU64(m!.payload), 0x1234n);
   });
 
-  test('fds that come with a chunk continuing a message go to the next message', () => {
+  test('fds go to the message that ends the chunk: fd-less messages glued in front keep none', () => {
+    const owner = encodeRequest(R.SET_OWNER);
+    const features = encodeRequest(R.SET_FEATURES, encodeU64(1n << 32n));
+    const call = encodeRequest(R.SET_VRING_CALL, encodeU64(0n));
+    const p = new VhostUserMessageParser();
+    // What a front end sending three messages back to back is read as: one chunk, the last one's fd.
+    p.push(Uint8Array.from([...owner, ...features, ...call]), [9]);
+    const [mo, mf, mc] = parseAll(p);
+    assert.deepEqual(mo?.fds, []);
+    assert.deepEqual(mf?.fds, []);
+    assert.deepEqual(mc?.fds, [9]);
+  });
+
+  test('fds that come with a chunk continuing a message and holding the next go to the next', () => {
     const a = encodeRequest(R.SET_VRING_NUM, encodeVringState({ index: 0, num: 8 }));
     const b = encodeRequest(R.SET_VRING_CALL, encodeU64(0n));
     const p = new VhostUserMessageParser();
     p.push(a.subarray(0, 5));
-    p.push(a.subarray(5), [9]); // continuation only: not a's
-    p.push(b);
+    p.push(Uint8Array.from([...a.subarray(5), ...b.subarray(0, 3)]), [9]);
+    p.push(b.subarray(3));
     const [ma, mb] = parseAll(p);
     assert.deepEqual(ma?.fds, []);
     assert.deepEqual(mb?.fds, [9]);
