@@ -223,7 +223,10 @@ export class RawFileBackend implements BlockBackend {
       let n: number;
       try {
         if (this.#syncIo) {
-          n = kind === 'read' ? readvSync(this.#handle.fd, batch, pos) : writevSync(this.#handle.fd, batch, pos);
+          n =
+            kind === 'read'
+              ? readvSync(this.#handle.fd, batch, pos)
+              : writevSync(this.#handle.fd, batch, pos);
         } else {
           n =
             kind === 'read'
