@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `ringvm` command: `serve` (devices on vhost-user sockets), `run` (the UML guest with ringvm's devices),
+ * The `ringvm` command: `serve` (devices on vhost-user sockets), `run` (a UML or QEMU guest with ringvm's devices),
  * `--version`, `--help`. `img` and `qmp` arrive with the qcow2 and monitor work. See docs/cli.md.
  */
 import { realpathSync } from 'node:fs';
@@ -15,7 +15,8 @@ export { CliUsageError } from './cli-error.js';
 const USAGE = `ringvm — the complete virtio stack in TypeScript
 
 Usage:
-  ringvm run [OPTIONS] [--] [COMMAND...]   boot the UML guest with ringvm devices; run COMMAND or a shell
+  ringvm run [OPTIONS] [--] [COMMAND...]   boot a guest (UML, or QEMU: --engine qemu) with ringvm devices;
+                                           run COMMAND or a shell
   ringvm serve OPTIONS                     serve devices on vhost-user sockets until Ctrl-C / SIGTERM
   ringvm COMMAND --help                    the options of a command
   ringvm --version                         print the version

@@ -1,19 +1,26 @@
 /**
- * `ringvm run`: boots the ringvm UML guest (docs/guest.md) with ringvm's devices attached and gives the user its
- * console — the main command.
+ * `ringvm run`: boots a ringvm guest (docs/guest.md) with ringvm's devices attached and gives the user its
+ * console — the main command. Two engines:
  *
- * 1. Validate everything (the device options as `ringvm serve` takes them, `--kernel`, `--root`, `--mem`...):
- *    a mistake exits 2 before anything starts. Exports without `addr.path` get a socket in a private temporary
- *    directory.
- * 2. Build the guest root on first use (scripts/guest/build-uml, which installs the Debian packages).
- * 3. Start every export in this process (worker threads), then boot `linux.uml` with one
- *    `virtio_uml.device=SOCK:ID` per export (blk 2, console 3, rng 4) and the conventions of scripts/guest/run-uml:
- *    root on hostfs, console on this process's stdio (`con0=fd:0,fd:1`), the command in `ringvm.cmd`.
+ * - `uml` (default): user-mode Linux; each export is `virtio_uml.device=SOCK:ID` (blk 2, console 3, rng 4).
+ * - `qemu`: QEMU TCG (PC machine) booting Debian's kernel with the busybox initramfs of scripts/guest/build-qemu;
+ *   each export is a `vhost-user-*-pci` device (blk with the export's queue count, rng); guest memory is a shared
+ *   memfd so the exports can map it. QEMU 7.2 has no vhost-user console device: console exports are refused.
+ *
+ * 1. Validate everything (the device options as `ringvm serve` takes them, `--engine`, `--kernel`, `--root`,
+ *    `--mem`...): a mistake exits 2 before anything starts. Exports without `addr.path` get a socket in a private
+ *    temporary directory.
+ * 2. Build the guest on first use (scripts/guest/build-uml or build-qemu, which install the Debian packages).
+ * 3. Start every export in this process (worker threads), then spawn the engine directly (linux.uml or
+ *    qemu-system-x86_64, with the conventions of scripts/guest/run-uml and run-qemu): the console on a pipe that
+ *    this process filters (guest-console.ts), the command in `ringvm.cmd`. The run-* scripts are not used: they
+ *    filter the console themselves (run-qemu through an awk pipeline) and run the engine behind a shell, so
+ *    neither the exit status, nor the boot log, nor a clean stop of the engine on Ctrl-C would be ours.
  * 4. With a COMMAND: its output (the boot messages are hidden unless --verbose, or shown on stderr if the guest
  *    never got to the command), exit status = the command's (125 if the guest ended without reporting one).
  *    Without: an interactive shell on this terminal; exit status = the shell's.
- * 5. SIGINT/SIGTERM: the guest is stopped (SIGTERM to its process group, SIGKILL after 5 s), then the exports;
- *    exit status 130/143. When the guest ends, the exports are stopped.
+ * 5. SIGINT/SIGTERM: the guest is stopped (SIGTERM to the engine, SIGKILL to its process group after 5 s), then
+ *    the exports; exit status 130/143. When the guest ends, the exports are stopped.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { constants, promises as fs } from 'node:fs';
@@ -43,36 +50,62 @@ import { stopSource } from './stop-signals.js';
 
 export const RUN_USAGE = `Usage: ringvm run [device options] [run options] [--] [COMMAND...]
 
-Boots the ringvm user-mode Linux guest with ringvm's devices attached over vhost-user and runs COMMAND in it
-(/bin/sh -c, the words joined with spaces), or an interactive shell on this terminal when there is none.
+Boots a ringvm Linux guest with ringvm's devices attached over vhost-user and runs COMMAND in it (/bin/sh -c,
+the words joined with spaces), or an interactive shell on this terminal when there is none.
 
 Device options: as 'ringvm serve' (see 'ringvm serve --help'); addr.path may be left out (a private socket
-is made). Each export is attached as virtio_uml.device=SOCK:ID (blk 2, console 3, rng 4). The guest sees
-blk exports as /dev/vda, /dev/vdb... in command-line order, console ports as hvc0 and /dev/virtio-ports/NAME.
-UML has no virtio-rng driver: an rng export is attached but unused.
+is made). The guest sees blk exports as /dev/vda, /dev/vdb... in command-line order.
+  --engine uml   each export is virtio_uml.device=SOCK:ID (blk 2, console 3, rng 4); console ports are hvc0 and
+                 /dev/virtio-ports/NAME. UML has no virtio-rng driver: an rng export is attached but unused.
+  --engine qemu  blk exports are vhost-user-blk-pci devices (num-queues from the export), rng exports
+                 vhost-user-rng-pci (/dev/hwrng); guest memory is a shared memfd. QEMU has no vhost-user
+                 console device: console exports are refused (use --engine uml).
 
 Run options:
-  --kernel PATH     the UML kernel (default: linux.uml from Debian's user-mode-linux)
-  --root DIR        the guest root directory, booted on hostfs (default: scripts/guest/build-uml's, built on
-                    first use); its /init must follow the ringvm console protocol for COMMAND (docs/guest.md)
-  --mem SIZE        guest memory (default 256M)
-  --share DIR       host directory mounted at /host (read-write); the command runs there
-  --rw              mount the root read-write (default read-only)
-  --append ARG      one more kernel parameter (repeatable)
-  --verbose         show the kernel and boot messages
+  --engine uml|qemu  user-mode Linux (default), or QEMU TCG (PC machine, virtio over PCI)
+  --kernel PATH      uml: the UML kernel (default: linux.uml from Debian's user-mode-linux);
+                     qemu: a PVH vmlinux or a bzImage (default: scripts/guest/build-qemu's vmlinux)
+  --initrd PATH      qemu only: the initramfs (default: scripts/guest/build-qemu's); its /init must follow the
+                     ringvm console protocol for COMMAND (docs/guest.md)
+  --root DIR         uml only: the guest root directory, booted on hostfs (default: scripts/guest/build-uml's,
+                     built on first use); its /init must follow the ringvm console protocol for COMMAND
+  --mem SIZE         guest memory (default 256M)
+  --share DIR        host directory mounted at /host (read-write; uml: hostfs, qemu: virtio-9p); the command
+                     runs there
+  --rw               uml only: mount the root read-write (default read-only)
+  --append ARG       one more kernel parameter (repeatable)
+  --verbose          show the kernel and boot messages
 
 Examples:
   ringvm run --blockdev driver=memory,node-name=d0,size=64M \\
     --export type=vhost-user-blk,id=e0,node-name=d0,writable=on -- 'mkfs.ext2 -q /dev/vda && echo ok'
   ringvm run --blockdev driver=file,node-name=d0,filename=disk.img \\
     --export type=vhost-user-blk,id=e0,node-name=d0          # a shell; /dev/vda is read-only
+  ringvm run --engine qemu --export type=vhost-user-rng,id=r0 -- 'head -c 16 /dev/hwrng | od -An -tx1'
+
+Interactive QEMU: Ctrl-C goes to the guest; 'exit' (or Ctrl-A x) ends the guest.
 
 Exit status: the command's (or the shell's); 125 when the guest ended without reporting one; 130/143 after
 SIGINT/SIGTERM; 1 when a device or the guest cannot start; 2 for a bad command line.
 `;
 
-const RUN_VALUES = [...DEVICE_OPTIONS, '--kernel', '--root', '--mem', '--share', '--append'] as const;
-const SINGLE = ['--kernel', '--root', '--mem', '--share'];
+const RUN_VALUES = [
+  ...DEVICE_OPTIONS,
+  '--engine',
+  '--kernel',
+  '--initrd',
+  '--root',
+  '--mem',
+  '--share',
+  '--append',
+] as const;
+const SINGLE = ['--engine', '--kernel', '--initrd', '--root', '--mem', '--share'];
+export const ENGINES = ['uml', 'qemu'] as const;
+export type Engine = (typeof ENGINES)[number];
+/** The QEMU binary of the qemu engine (Debian's qemu-system-x86, installed by scripts/guest/install-packages). */
+export const QEMU_BINARY = 'qemu-system-x86_64';
+/** The virtio-9p mount tag of `--share` with the qemu engine (what the QEMU guest's /init mounts at /host). */
+const QEMU_SHARE_TAG = 'ringvm-share';
 /** Time the guest gets to end after SIGTERM before SIGKILL. */
 const KILL_AFTER_MS = 5000;
 const MIN_MEM = 32 << 20;
@@ -86,7 +119,10 @@ export interface RunIo {
 }
 
 export interface GuestOptions {
+  readonly engine: Engine;
   readonly kernel: string | undefined;
+  /** qemu only. */
+  readonly initrd: string | undefined;
   readonly root: string | undefined;
   /** Memory in bytes. */
   readonly mem: number;
@@ -143,9 +179,34 @@ export function parseRunArgv(argv: readonly string[], socketDir: string): RunPla
     }
     mem = bytes;
   }
+  const engineText = single.get('--engine') ?? 'uml';
+  if (!(ENGINES as readonly string[]).includes(engineText)) {
+    throw new CliUsageError(`--engine '${engineText}': expected uml or qemu`, engineText, {
+      option: '--engine',
+    });
+  }
+  const engine = engineText as Engine;
+  const onlyFor = (option: string, only: Engine, given: boolean): void => {
+    if (given && engine !== only) {
+      throw new CliUsageError(`${option} is for --engine ${only} only (this is --engine ${engine})`, option, {
+        option,
+      });
+    }
+  };
+  onlyFor('--root', 'uml', single.has('--root'));
+  onlyFor('--rw', 'uml', args.flags.has('--rw'));
+  onlyFor('--initrd', 'qemu', single.has('--initrd'));
   const devices = buildDevicePlan(args.options, { defaultSocketDir: socketDir });
   for (const e of devices.exports) {
-    if (/[\s:]/.test(e.socketPath)) {
+    if (engine === 'qemu') {
+      if (e.type === 'vhost-user-console') {
+        throw new CliUsageError(
+          `${e.label}: a vhost-user-console cannot be attached to the QEMU guest (QEMU 7.2 has no vhost-user console device); use --engine uml for console exports`,
+          e.id,
+          { option: '--export', key: 'type' },
+        );
+      }
+    } else if (/[\s:]/.test(e.socketPath)) {
       throw new CliUsageError(
         `${e.label}: addr.path: '${e.socketPath}' cannot be passed to UML (virtio_uml.device=SOCK:ID takes no spaces or ':')`,
         e.socketPath,
@@ -154,12 +215,15 @@ export function parseRunArgv(argv: readonly string[], socketDir: string): RunPla
     }
   }
   const kernel = single.get('--kernel');
+  const initrd = single.get('--initrd');
   const root = single.get('--root');
   const share = single.get('--share');
   return {
     devices,
     guest: {
+      engine,
       kernel: kernel === undefined ? undefined : resolve(kernel),
+      initrd: initrd === undefined ? undefined : resolve(initrd),
       root: root === undefined ? undefined : resolve(root),
       mem,
       share: share === undefined ? undefined : resolve(share),
@@ -174,17 +238,21 @@ export function parseRunArgv(argv: readonly string[], socketDir: string): RunPla
 /** Checks the host: devices ({@link checkHostResources}), kernel, root, share. */
 export async function checkRunPlan(plan: RunPlan): Promise<void> {
   await checkHostResources(plan.devices);
-  const { kernel, root, share } = plan.guest;
-  if (kernel !== undefined) {
+  const { engine, kernel, initrd, root, share } = plan.guest;
+  // The UML kernel is a program; QEMU's -kernel and -initrd are files it reads.
+  const checkFile = async (option: string, path: string, mode: number, what: string): Promise<void> => {
     try {
-      await fs.access(kernel, constants.X_OK);
-      if (!(await fs.stat(kernel)).isFile()) throw new Error('not a regular file');
+      await fs.access(path, mode);
+      if (!(await fs.stat(path)).isFile()) throw new Error('not a regular file');
     } catch (e) {
-      throw new CliUsageError(`--kernel '${kernel}': not an executable file (${describe(e)})`, kernel, {
-        option: '--kernel',
-      });
+      throw new CliUsageError(`${option} '${path}': not ${what} (${describe(e)})`, path, { option });
     }
+  };
+  if (kernel !== undefined) {
+    if (engine === 'uml') await checkFile('--kernel', kernel, constants.X_OK, 'an executable file');
+    else await checkFile('--kernel', kernel, constants.R_OK, 'a readable file');
   }
+  if (initrd !== undefined) await checkFile('--initrd', initrd, constants.R_OK, 'a readable file');
   if (root !== undefined) {
     if (/[\s,]/.test(root)) {
       throw new CliUsageError(
@@ -209,7 +277,7 @@ export async function checkRunPlan(plan: RunPlan): Promise<void> {
     }
   }
   if (share !== undefined) {
-    if (/\s/.test(share)) {
+    if (engine === 'uml' && /\s/.test(share)) {
       throw new CliUsageError(`--share '${share}': the path must not contain spaces`, share, {
         option: '--share',
       });
@@ -231,7 +299,7 @@ function describe(e: unknown): string {
 export function umlCommandLine(plan: RunPlan, root: string, umlDir: string): string[] {
   const g = plan.guest;
   const args = [
-    `mem=${g.mem >> 20}M`,
+    `mem=${mebibytes(g.mem)}M`,
     'root=/dev/root',
     'rootfstype=hostfs',
     `rootflags=${root}`,
@@ -250,27 +318,131 @@ export function umlCommandLine(plan: RunPlan, root: string, umlDir: string): str
   return args;
 }
 
-/** The guest root: `--root`, or scripts/guest/build-uml's (built, with its packages, on first use). */
-function prepareGuest(plan: RunPlan, io: RunIo): string {
+/** `n` bytes in MiB (whole: `--mem` is checked); not `>> 20`, which wraps at 2 GiB. */
+function mebibytes(n: number): number {
+  return Math.floor(n / (1 << 20));
+}
+
+/** A path in a QEMU option value (`key=value,key=value`): a comma is written twice. */
+function qemuValue(s: string): string {
+  return s.replaceAll(',', ',,');
+}
+
+/**
+ * The QEMU command line (after the binary) of the qemu engine: scripts/guest/run-qemu's, with one
+ * `vhost-user-*-pci` device per export (chardev and device named after the export's id).
+ */
+export function qemuCommandLine(plan: RunPlan, kernel: string, initrd: string): string[] {
+  const g = plan.guest;
+  const mem = `${mebibytes(g.mem)}M`;
+  const args = [
+    '-nodefaults',
+    '-no-user-config',
+    '-accel',
+    'tcg',
+    '-machine',
+    'pc,memory-backend=mem',
+    '-m',
+    mem,
+    '-object',
+    `memory-backend-memfd,id=mem,size=${mem},share=on`,
+    '-display',
+    'none',
+    '-no-reboot',
+    '-kernel',
+    kernel,
+    '-initrd',
+    initrd,
+  ];
+  for (const e of plan.devices.exports) {
+    const device =
+      e.type === 'vhost-user-blk'
+        ? `vhost-user-blk-pci,num-queues=${e.numQueues ?? 1}`
+        : e.type === 'vhost-user-rng'
+          ? 'vhost-user-rng-pci'
+          : undefined;
+    if (device === undefined) throw new Error(`internal: ${e.label} cannot be attached to QEMU`);
+    args.push(
+      '-chardev',
+      `socket,id=${e.id},path=${qemuValue(e.socketPath)}`,
+      '-device',
+      `${device},chardev=${e.id},id=${e.id}`,
+    );
+  }
+  if (g.share !== undefined) {
+    args.push(
+      '-fsdev',
+      `local,id=share,path=${qemuValue(g.share)},security_model=none`,
+      '-device',
+      `virtio-9p-pci,fsdev=share,mount_tag=${QEMU_SHARE_TAG}`,
+    );
+  }
+  // Interactive: the serial console multiplexed with the monitor on this terminal, as run-qemu (QEMU then
+  // leaves the terminal's signal keys off: Ctrl-C goes to the guest; Ctrl-A x quits). A command: the console
+  // only, stdin /dev/null.
+  args.push('-serial', g.command === undefined ? 'mon:stdio' : 'stdio');
+  const append = ['console=ttyS0', 'reboot=k', 'panic=-1'];
+  if (!g.verbose) append.push('quiet');
+  if (g.share !== undefined) append.push(`ringvm.share=${QEMU_SHARE_TAG}`);
+  append.push(...g.append);
+  if (g.command !== undefined) append.push(`ringvm.cmd=${Buffer.from(g.command).toString('base64')}`);
+  args.push('-append', append.join(' '));
+  return args;
+}
+
+/** How to start the guest: a program, its arguments, and how its console reaches this terminal. */
+interface GuestLaunch {
+  readonly file: string;
+  readonly args: readonly string[];
+  /** For messages: `linux.uml`, `qemu-system-x86_64`. */
+  readonly name: string;
+  /**
+   * Interactive console output needs `\r\n` added: UML puts the terminal in raw mode (no output processing)
+   * while the guest console sends `\n`; QEMU's stdio keeps the terminal's output processing (OPOST).
+   */
+  readonly crlf: boolean;
+}
+
+function runScript(scripts: string, name: string, stdout: 'inherit' | 'pipe'): string {
+  const r = spawnSync(join(scripts, name), [], { stdio: ['ignore', stdout, 'inherit'], encoding: 'utf8' });
+  if (r.status !== 0)
+    throw new Error(`scripts/guest/${name} failed (${r.error?.message ?? `exit ${r.status}`})`);
+  return stdout === 'pipe' ? r.stdout.trim() : '';
+}
+
+/**
+ * The guest of `plan.guest.engine`: uml: `--root`, or scripts/guest/build-uml's (built, with its packages, on
+ * first use); qemu: `--kernel`/`--initrd`, the rest from scripts/guest/build-qemu (built on first use).
+ */
+function prepareGuest(plan: RunPlan, tmp: string, io: RunIo): GuestLaunch {
   const scripts = join(ringvmPackage().root, 'scripts', 'guest');
-  if (plan.guest.root !== undefined) {
-    if (plan.guest.kernel === undefined) {
-      const r = spawnSync(join(scripts, 'install-packages'), [], { stdio: ['ignore', 'inherit', 'inherit'] });
-      if (r.status !== 0)
-        throw new Error(`scripts/guest/install-packages failed (${r.error?.message ?? `exit ${r.status}`})`);
+  const g = plan.guest;
+  if (g.engine === 'qemu') {
+    let kernel = g.kernel;
+    let initrd = g.initrd;
+    if (kernel === undefined || initrd === undefined) {
+      const dir = runScript(scripts, 'build-qemu', 'pipe');
+      if (g.verbose) io.err(`ringvm: QEMU guest ${dir}\n`);
+      kernel ??= join(dir, 'vmlinux');
+      initrd ??= join(dir, 'initramfs.cpio.gz');
+    } else {
+      runScript(scripts, 'install-packages', 'inherit');
     }
-    return plan.guest.root;
+    return { file: QEMU_BINARY, args: qemuCommandLine(plan, kernel, initrd), name: QEMU_BINARY, crlf: false };
   }
-  const r = spawnSync(join(scripts, 'build-uml'), [], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    encoding: 'utf8',
-  });
-  if (r.status !== 0) {
-    throw new Error(`scripts/guest/build-uml failed (${r.error?.message ?? `exit ${r.status}`})`);
+  let root = g.root;
+  if (root !== undefined) {
+    if (g.kernel === undefined) runScript(scripts, 'install-packages', 'inherit');
+  } else {
+    root = runScript(scripts, 'build-uml', 'pipe');
+    if (g.verbose) io.err(`ringvm: guest root ${root}\n`);
   }
-  const root = r.stdout.trim();
-  if (plan.guest.verbose) io.err(`ringvm: guest root ${root}\n`);
-  return root;
+  return {
+    file: g.kernel ?? 'linux.uml',
+    args: umlCommandLine(plan, root, join(tmp, 'uml')),
+    name: 'linux.uml',
+    crlf: true,
+  };
 }
 
 /** Runs `ringvm run ARGV`; resolves with the exit status. */
@@ -293,25 +465,28 @@ export async function runRun(argv: readonly string[], io: RunIo): Promise<number
       }
       throw e;
     }
-    let root: string;
+    let launch: GuestLaunch;
     try {
-      root = prepareGuest(plan, io);
+      launch = prepareGuest(plan, tmp, io);
     } catch (e) {
       io.err(`ringvm: ${describe(e)}\n`);
       return 1;
     }
-    if (plan.devices.exports.some((e) => e.type === 'vhost-user-rng')) {
-      io.err(
-        'ringvm: note: the UML kernel has no virtio-rng driver; the rng export is attached but unused\n',
-      );
+    if (plan.guest.engine === 'uml') {
+      await fs.mkdir(join(tmp, 'uml'));
+      if (plan.devices.exports.some((e) => e.type === 'vhost-user-rng')) {
+        io.err(
+          'ringvm: note: the UML kernel has no virtio-rng driver; the rng export is attached but unused (--engine qemu has one)\n',
+        );
+      }
     }
-    return await boot(plan, root, tmp, io);
+    return await boot(plan, launch, io);
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
   }
 }
 
-async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promise<number> {
+async function boot(plan: RunPlan, launch: GuestLaunch, io: RunIo): Promise<number> {
   const stop = stopSource({
     processSignals: io.processSignals ?? true,
     ...(io.signal !== undefined && { signal: io.signal }),
@@ -338,14 +513,13 @@ async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promis
         io.err(`ringvm: ${r.plan.type} '${r.plan.id}' listening on ${r.handle.socketPath}\n`);
     }
 
-    const umlDir = join(tmp, 'uml');
-    await fs.mkdir(umlDir);
     const interactive = plan.guest.command === undefined;
-    const kernel = plan.guest.kernel ?? 'linux.uml';
-    const child = spawn(kernel, umlCommandLine(plan, root, umlDir), {
+    if (plan.guest.verbose) io.err(`ringvm: ${[launch.file, ...launch.args].map(shellWord).join(' ')}\n`);
+    const child = spawn(launch.file, launch.args, {
       // Command mode: stdin /dev/null (UML's console stops at EOF of a pipe) and the guest in its own process
       // group, so a terminal's Ctrl-C reaches only ringvm, which stops the guest and then the devices.
-      // Interactive: the guest reads this terminal (it puts it in raw mode: Ctrl-C goes to the guest).
+      // Interactive: the guest reads this terminal (UML and QEMU put it in raw mode without signal keys:
+      // Ctrl-C goes to the guest).
       stdio: [interactive ? 'inherit' : 'ignore', 'pipe', 'pipe'],
       detached: !interactive,
     });
@@ -355,7 +529,7 @@ async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promis
       },
       holdBoot: !interactive && !plan.guest.verbose,
       verbose: plan.guest.verbose,
-      crlf: interactive && process.stdout.isTTY,
+      crlf: launch.crlf && interactive && process.stdout.isTTY,
     });
     let hostStderr = '';
     child.stdout.on('data', (chunk: Buffer) => {
@@ -376,8 +550,9 @@ async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promis
       },
     );
 
-    // SIGTERM goes to linux.uml itself (its handler kills its helper processes and exits); SIGKILL, if it comes
-    // to that, to its whole process group.
+    // SIGTERM goes to the engine itself (linux.uml's handler kills its helper processes and exits; QEMU stops its
+    // devices, disconnecting from the exports, and exits); SIGKILL, if it comes to that, to its whole process
+    // group.
     const kill = (signal: NodeJS.Signals): void => {
       if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
       try {
@@ -396,16 +571,18 @@ async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promis
     if (event.kind === 'exit') {
       filter.end();
       if (event.error !== undefined) {
-        io.err(`ringvm: cannot start the guest kernel '${kernel}': ${event.error.message}\n`);
+        io.err(`ringvm: cannot start '${launch.file}': ${event.error.message}\n`);
         status = 1;
       } else if (filter.status !== undefined) {
         status = filter.status;
       } else if (interactive) {
+        // The engine's own complaint (QEMU refusing an option or a device) when the guest never started.
+        if (!plan.guest.verbose && !filter.started && event.code !== 0) io.err(hostStderr);
         status = event.code ?? 125;
       } else {
         if (!plan.guest.verbose) io.err(filter.bootLog + hostStderr);
         io.err(
-          `ringvm: the guest ended without reporting a status (linux.uml ${event.code !== null ? `exit ${event.code}` : `signal ${event.signal ?? '?'}`})\n`,
+          `ringvm: the guest ended without reporting a status (${launch.name} ${event.code !== null ? `exit ${event.code}` : `signal ${event.signal ?? '?'}`})\n`,
         );
         status = 125;
       }
@@ -429,6 +606,11 @@ async function boot(plan: RunPlan, root: string, tmp: string, io: RunIo): Promis
     for (const p of problems) io.err(`ringvm: ${p}\n`);
     stop.dispose();
   }
+}
+
+/** `w` as a shell word (for showing a command line). */
+function shellWord(w: string): string {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replaceAll("'", `'\\''`)}'`;
 }
 
 function exitStatusFor(signal: string): number {

@@ -1,12 +1,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliUsageError } from '../../src/cli/cli-error.js';
-import { checkRunPlan, parseRunArgv, umlCommandLine } from '../../src/cli/run.js';
+import { checkRunPlan, parseRunArgv, qemuCommandLine, umlCommandLine } from '../../src/cli/run.js';
 
 let dir = '';
 
@@ -68,7 +68,100 @@ describe('ringvm run: options', () => {
     ]);
   });
 
+  test('--engine qemu: one vhost-user-*-pci device per export, memfd memory, the command in ringvm.cmd', () => {
+    const plan = parseRunArgv(
+      [
+        '--engine',
+        'qemu',
+        '--blockdev',
+        'driver=memory,node-name=d0,size=16M',
+        '--export',
+        'type=vhost-user-blk,id=e0,node-name=d0,writable=on,num-queues=4',
+        '--export',
+        'type=vhost-user-rng,id=r0,addr.path=/tmp/a,,b:c.sock',
+        '--mem',
+        '3G',
+        '--share',
+        '/srv/x,y',
+        '--append',
+        'ringvm.testid=t1',
+        '--',
+        'echo',
+        'hi',
+      ],
+      '/tmp/s',
+    );
+    assert.ok(plan !== 'help');
+    assert.equal(plan.guest.engine, 'qemu');
+    assert.deepEqual(qemuCommandLine(plan, '/k/vmlinux', '/k/initrd'), [
+      '-nodefaults',
+      '-no-user-config',
+      '-accel',
+      'tcg',
+      '-machine',
+      'pc,memory-backend=mem',
+      '-m',
+      '3072M',
+      '-object',
+      'memory-backend-memfd,id=mem,size=3072M,share=on',
+      '-display',
+      'none',
+      '-no-reboot',
+      '-kernel',
+      '/k/vmlinux',
+      '-initrd',
+      '/k/initrd',
+      '-chardev',
+      'socket,id=e0,path=/tmp/s/e0.sock',
+      '-device',
+      'vhost-user-blk-pci,num-queues=4,chardev=e0,id=e0',
+      '-chardev',
+      'socket,id=r0,path=/tmp/a,,b:c.sock',
+      '-device',
+      'vhost-user-rng-pci,chardev=r0,id=r0',
+      '-fsdev',
+      'local,id=share,path=/srv/x,,y,security_model=none',
+      '-device',
+      'virtio-9p-pci,fsdev=share,mount_tag=ringvm-share',
+      '-serial',
+      'stdio',
+      '-append',
+      `console=ttyS0 reboot=k panic=-1 quiet ringvm.share=ringvm-share ringvm.testid=t1 ringvm.cmd=${Buffer.from('echo hi').toString('base64')}`,
+    ]);
+    const interactive = parseRunArgv(
+      [
+        '--engine=qemu',
+        '--verbose',
+        '--blockdev',
+        'driver=memory,node-name=d0,size=16M',
+        '--export',
+        'type=vhost-user-blk,id=e0,node-name=d0',
+      ],
+      '/tmp/s',
+    );
+    assert.ok(interactive !== 'help');
+    const args = qemuCommandLine(interactive, '/k', '/i');
+    assert.ok(args.includes('vhost-user-blk-pci,num-queues=1,chardev=e0,id=e0'), 'one queue by default');
+    assert.deepEqual(args.slice(-4), ['-serial', 'mon:stdio', '-append', 'console=ttyS0 reboot=k panic=-1']);
+  });
+
   const bad: [string[], RegExp][] = [
+    [['--engine', 'kvm'], /^--engine 'kvm': expected uml or qemu/],
+    [['--engine', 'qemu', '--engine', 'uml'], /^--engine given twice/],
+    [['--engine', 'qemu', '--root', '/r'], /^--root is for --engine uml only/],
+    [['--engine', 'qemu', '--rw'], /^--rw is for --engine uml only/],
+    [['--initrd', '/i'], /^--initrd is for --engine qemu only \(this is --engine uml\)/],
+    [
+      [
+        '--engine',
+        'qemu',
+        '--chardev',
+        'file,id=log,path=/tmp/log',
+        '--export',
+        'type=vhost-user-console,id=con7,chardev=log',
+      ],
+      /^--export id=con7: a vhost-user-console cannot be attached to the QEMU guest .*--engine uml/,
+    ],
     [['--mem', 'lots'], /^--mem 'lots': expected a size/],
     [['--mem', '1M'], /^--mem '1M'/],
     [['--kernel', 'a', '--kernel', 'b'], /^--kernel given twice/],
@@ -107,6 +200,20 @@ describe('ringvm run: options', () => {
     );
     await check(['--root', dir], /^--root '.*': not a directory with an executable \/init/);
     await check(['--share', join(dir, 'nope')], /^--share '.*nope': not a directory/);
+    const file = join(dir, 'not-executable');
+    writeFileSync(file, 'x');
+    await check(['--kernel', file], /^--kernel '.*not-executable': not an executable file/);
+    await check(
+      ['--engine', 'qemu', '--kernel', dir],
+      /^--kernel '.*': not a readable file \(not a regular file\)/,
+    );
+    await check(
+      ['--engine', 'qemu', '--initrd', join(dir, 'no-initrd')],
+      /^--initrd '.*no-initrd': not a readable file \(does not exist\)/,
+    );
+    const qemuKernel = parseRunArgv(['--engine', 'qemu', '--kernel', file, '--initrd', file], dir);
+    assert.ok(qemuKernel !== 'help');
+    await checkRunPlan(qemuKernel); // QEMU reads the kernel: it need not be executable
   });
 });
 
@@ -189,6 +296,146 @@ describe(
       assert.equal(r.status, 0, r.err);
       assert.equal(readFileSync(hvc, 'utf8'), 'to-hvc\r\n'); // hvc0 is a tty: onlcr
       assert.equal(readFileSync(port, 'utf8'), 'to-port\n');
+    });
+  },
+);
+
+/** The processes whose command line holds `tag` and that run `program` (not the ringvm command that names it). */
+function processesWith(program: string, tag: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+    } catch {
+      continue; // gone
+    }
+    if ((argv[0] ?? '').endsWith(program) && argv.some((a) => a.includes(tag))) found.push(pid);
+  }
+  return found;
+}
+
+describe(
+  'ringvm run --engine qemu: the QEMU TCG guest over PCI',
+  { skip: compiled ? false : 'runs from build/', timeout: 20 * 60_000 },
+  () => {
+    // Every guest gets this on its kernel command line (part of QEMU's own command line).
+    const tag = `ringvm.testid=cli-run-${process.pid}`;
+    const qemu = (args: string[]) => ringvm(['run', '--engine', 'qemu', '--append', tag, ...args]);
+
+    after(() => {
+      for (const pid of processesWith('qemu-system-x86_64', tag)) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    });
+
+    test('a raw image, writable, two queues: the guest writes, the host reads it; status 7 comes back', async () => {
+      const img = join(dir, 'qemu-disk.img');
+      writeFileSync(img, Buffer.alloc(16 << 20));
+      // The first run may build the guest (scripts/guest/build-qemu): minutes on a fresh machine.
+      const r = await qemu([
+        '--blockdev',
+        `driver=file,node-name=d0,filename=${img}`,
+        '--export',
+        'type=vhost-user-blk,id=e0,node-name=d0,writable=on,num-queues=2,serial=ringvm-qemu',
+        '--',
+        [
+          'cat /sys/block/vda/size',
+          'echo "$(cat /sys/block/vda/serial)"',
+          // VIRTIO_BLK_F_MQ (bit 12) negotiated: num-queues=2 reached the device (the one vCPU uses one queue)
+          'cut -c13 /sys/block/vda/device/features',
+          'printf ringvm-pci-was-here | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null',
+          'exit 7',
+        ].join('; '),
+      ]);
+      assert.equal(r.status, 7, r.err);
+      assert.equal(r.out, `${(16 << 20) / 512}\nringvm-qemu\n1\n`);
+      assert.equal(
+        readFileSync(img)
+          .subarray(4096, 4096 + 19)
+          .toString(),
+        'ringvm-pci-was-here',
+      );
+      assert.deepEqual(processesWith('qemu-system-x86_64', tag), [], 'QEMU has ended');
+    });
+
+    test('an rng export: /dev/hwrng reads random bytes through virtio_rng', async () => {
+      const r = await qemu([
+        '--export',
+        'type=vhost-user-rng,id=r0',
+        '--',
+        [
+          'cat /sys/class/misc/hw_random/rng_current',
+          'dd if=/dev/hwrng bs=4096 count=4 2>/dev/null > /tmp/r',
+          'wc -c < /tmp/r',
+          'od -An -tx1 /tmp/r | tr -s " " "\\n" | grep -v "^$" | sort -u | wc -l',
+        ].join(' && '),
+      ]);
+      assert.equal(r.status, 0, r.err);
+      const [current, bytes, values] = r.out.trim().split('\n');
+      assert.match(current ?? '', /^virtio_rng/);
+      assert.equal(Number(bytes), 16384, 'all bytes arrived');
+      assert.ok(Number(values) > 250, `random bytes take (almost) every value: ${values}`);
+    });
+
+    test('a console export is refused before anything starts, naming the export', async () => {
+      const log = join(dir, 'never.log');
+      const r = await qemu([
+        '--chardev',
+        `file,id=log,path=${log}`,
+        '--export',
+        'type=vhost-user-console,id=con0,chardev=log',
+        '--',
+        'true',
+      ]);
+      assert.equal(r.status, 2);
+      assert.match(r.err, /--export id=con0: a vhost-user-console cannot be attached to the QEMU guest/);
+      assert.match(r.err, /--engine uml/);
+      assert.equal(r.out, '');
+      assert.equal(existsSync(log), false, 'the chardev was never opened');
+    });
+
+    test('SIGINT during a long command: QEMU, then the exports, are stopped; status 130; no QEMU left', async () => {
+      const sock = join(dir, 'sigint-rng.sock');
+      const child = spawn(
+        process.execPath,
+        [
+          mainJs,
+          'run',
+          '--engine',
+          'qemu',
+          '--append',
+          tag,
+          '--export',
+          `type=vhost-user-rng,id=r0,addr.path=${sock}`,
+          '--',
+          'echo started; sleep 600; echo not-interrupted',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      let running: string[] = [];
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const closed = new Promise<number | null>((resolve) => child.once('close', resolve));
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out === 'started\n' && running.length === 0) {
+          running = processesWith('qemu-system-x86_64', tag);
+          child.kill('SIGINT');
+        }
+      });
+      const status = await closed;
+      assert.equal(status, 130, err);
+      assert.equal(out, 'started\n');
+      assert.equal(running.length, 1, 'QEMU was running when SIGINT came');
+      assert.deepEqual(processesWith('qemu-system-x86_64', tag), [], 'no QEMU left');
+      assert.equal(existsSync(sock), false, 'the export stopped and removed its socket');
     });
   },
 );
