@@ -16,8 +16,18 @@ import { run, runUml, script } from '../test/guest/guest-harness.js';
 const IMAGE_MIB = 256;
 const SEQ_MIB = 192;
 const SMALL_COUNT = 8192;
-/** Guest runs per server (alternating); the best time per phase counts. */
-const ROUNDS = 3;
+/** Guest runs per server (alternating); the best time per phase counts. `RINGVM_BENCH_ROUNDS` overrides. */
+const ROUNDS = positiveInt(process.env.RINGVM_BENCH_ROUNDS) ?? 3;
+/**
+ * `RINGVM_BENCH_BASELINE=path/to/build/src/cli/main.js`: a second ringvm build (say, a copy of the previous
+ * build) served in the same alternation, as a third column, so a change is compared within one run.
+ */
+const BASELINE_CLI = process.env.RINGVM_BENCH_BASELINE;
+
+function positiveInt(text: string | undefined): number | undefined {
+  const n = Number(text);
+  return text !== undefined && Number.isInteger(n) && n > 0 ? n : undefined;
+}
 
 interface Phase {
   readonly name: string;
@@ -54,9 +64,13 @@ const PHASES: readonly Phase[] = [
   },
 ];
 
-/** One guest boot that runs every phase and prints `PHASE <i> <seconds>` for each. */
+/**
+ * One guest boot that runs every phase and prints `PHASE <i> <start> <end>` for each, in nanoseconds of the guest's
+ * monotonic clock (the "now at" line of /proc/timer_list: /proc/uptime's 10 ms steps are too coarse for the 1 MiB
+ * phases, which last about 100 ms).
+ */
 function guestScript(): string {
-  const lines = ['t() { cut -d" " -f1 /proc/uptime; }'];
+  const lines = [`t() { head -3 /proc/timer_list | sed -n 's/^now at \\([0-9]*\\) nsecs$/\\1/p'; }`];
   PHASES.forEach((p, i) => {
     lines.push(`a=$(t); ${p.command} 2>/dev/null || exit 10; b=$(t); echo "PHASE ${i} $a $b"`);
   });
@@ -66,7 +80,7 @@ function guestScript(): string {
 function parsePhases(stdout: string): number[] {
   const seconds: number[] = [];
   for (const m of stdout.matchAll(/^PHASE (\d+) ([\d.]+) ([\d.]+)$/gm)) {
-    seconds[Number(m[1])] = Number(m[3]) - Number(m[2]);
+    seconds[Number(m[1])] = (Number(m[3]) - Number(m[2])) / 1e9;
   }
   if (seconds.length !== PHASES.length || seconds.some((s) => !(s > 0))) {
     throw new Error(`the guest did not report every phase:\n${stdout}`);
@@ -158,19 +172,32 @@ export async function runBlkUmlBench(): Promise<void> {
       '--export',
       `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${qsdSock},writable=on`,
     ];
-    // Alternate the two servers and keep each one's best time per phase: the machine is shared and noisy.
-    const runs: { ringvm: ServerResult[]; qsd: ServerResult[] } = { ringvm: [], qsd: [] };
+    const baselineSock = join(work, 'baseline.sock');
+    const baselineArgv =
+      BASELINE_CLI === undefined
+        ? undefined
+        : ringvmArgv.map((a) => (a === cli ? BASELINE_CLI : a.replace(ringvmSock, baselineSock)));
+    // Alternate the servers and keep each one's best time per phase: the machine is shared and noisy.
+    const runs: { ringvm: ServerResult[]; qsd: ServerResult[]; baseline: ServerResult[] } = {
+      ringvm: [],
+      qsd: [],
+      baseline: [],
+    };
     for (let i = 0; i < ROUNDS; i++) {
       runs.ringvm.push(await measure('ringvm serve', ringvmArgv, ringvmSock));
       runs.qsd.push(await measure('qemu-storage-daemon', qsdArgv, qsdSock));
+      if (baselineArgv !== undefined)
+        runs.baseline.push(await measure('ringvm serve (baseline)', baselineArgv, baselineSock));
     }
     const ringvm = best(runs.ringvm);
     const qsd = best(runs.qsd);
+    const baseline = baselineArgv === undefined ? undefined : best(runs.baseline);
     console.log(
       `\nUML guest block I/O (O_DIRECT dd) — ringvm serve vs qemu-storage-daemon, same image and guest, best of ${ROUNDS} each`,
     );
+    const extra = baseline === undefined ? '' : `  ${'baseline'.padStart(14)}  ${'vs base'.padStart(7)}`;
     console.log(
-      `${'phase'.padEnd(24)}  ${'ringvm'.padStart(14)}  ${'qemu-sd'.padStart(14)}  ${'ratio'.padStart(6)}`,
+      `${'phase'.padEnd(24)}  ${'ringvm'.padStart(14)}  ${'qemu-sd'.padStart(14)}  ${'ratio'.padStart(6)}${extra}`,
     );
     PHASES.forEach((p, i) => {
       const fmt = (s: number) =>
@@ -179,8 +206,10 @@ export async function runBlkUmlBench(): Promise<void> {
           : `${Math.round(p.ops / s)} IOPS`;
       const a = ringvm.seconds[i]!;
       const b = qsd.seconds[i]!;
+      const c = baseline?.seconds[i];
+      const more = c === undefined ? '' : `  ${fmt(c).padStart(14)}  ${(c / a).toFixed(2).padStart(6)}×`;
       console.log(
-        `${p.name.padEnd(24)}  ${fmt(a).padStart(14)}  ${fmt(b).padStart(14)}  ${(b / a).toFixed(2).padStart(5)}×`,
+        `${p.name.padEnd(24)}  ${fmt(a).padStart(14)}  ${fmt(b).padStart(14)}  ${(b / a).toFixed(2).padStart(5)}×${more}`,
       );
     });
     console.log(

@@ -14,6 +14,10 @@ function mega(n: number): string {
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  if (process.argv.includes('--blk-only')) {
+    await runBlkUmlBench();
+    return;
+  }
   const chains = quick ? 200_000 : 2_000_000;
   const repetitions = quick ? 1 : 3;
   console.log(`ringvm benchmarks — node ${process.version}, ${new Date().toISOString()}`);

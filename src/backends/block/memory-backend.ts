@@ -9,7 +9,8 @@
  * ```
  *
  * Every call completes asynchronously (a resolved promise: the device sees the same ordering as with a real
- * back end). Discard zeroes the range (its contents become undefined; zeros keep tests deterministic), write
+ * back end). With `sync: true` the disk also offers `readvSync`/`writevSync`, so a device completes reads and
+ * writes inside the kick, as it does over a raw image with `io: 'sync'`. Discard zeroes the range (its contents become undefined; zeros keep tests deterministic), write
  * zeroes zeroes it; neither deallocates anything. Ranges outside the disk reject with a `HostIoError` — the
  * device never issues one, so that would be a device bug made visible.
  */
@@ -19,6 +20,8 @@ import { HostIoError, UsageError } from '../../virtio/errors.js';
 export interface MemoryBackendOptions {
   /** Refuse writes (the device then offers VIRTIO_BLK_F_RO). */
   readonly readOnly?: boolean;
+  /** Also offer `readvSync`/`writevSync` (see {@link BlockBackend.readvSync}). */
+  readonly sync?: boolean;
 }
 
 export class MemoryBackend implements BlockBackend {
@@ -27,6 +30,9 @@ export class MemoryBackend implements BlockBackend {
   readonly logicalBlockSize = 512;
   /** The disk's contents (aliases the array given to the constructor, if one was). */
   readonly bytes: Uint8Array;
+  /** With `sync: true`: reads and writes done before returning; undefined otherwise. */
+  readonly readvSync: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
+  readonly writevSync: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
   #closed = false;
 
   /** `content`: a size in bytes (zero-filled) or the bytes to serve (not copied). */
@@ -41,26 +47,47 @@ export class MemoryBackend implements BlockBackend {
     }
     this.size = this.bytes.length;
     this.readOnly = options.readOnly === true;
+    const sync = options.sync === true;
+    this.readvSync = sync
+      ? (offset, bufs) => {
+          this.#throwIfRefused('read', offset, totalLength(bufs), false);
+          this.#read(offset, bufs);
+        }
+      : undefined;
+    this.writevSync = sync
+      ? (offset, bufs) => {
+          this.#throwIfRefused('write', offset, totalLength(bufs), true);
+          this.#write(offset, bufs);
+        }
+      : undefined;
   }
 
   readv(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     return this.#run('read', offset, totalLength(bufs), false, () => {
-      let pos = offset;
-      for (const b of bufs) {
-        b.set(this.bytes.subarray(pos, pos + b.length));
-        pos += b.length;
-      }
+      this.#read(offset, bufs);
     });
   }
 
   writev(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
     return this.#run('write', offset, totalLength(bufs), true, () => {
-      let pos = offset;
-      for (const b of bufs) {
-        this.bytes.set(b, pos);
-        pos += b.length;
-      }
+      this.#write(offset, bufs);
     });
+  }
+
+  #read(offset: number, bufs: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const b of bufs) {
+      b.set(this.bytes.subarray(pos, pos + b.length));
+      pos += b.length;
+    }
+  }
+
+  #write(offset: number, bufs: readonly Uint8Array[]): void {
+    let pos = offset;
+    for (const b of bufs) {
+      this.bytes.set(b, pos);
+      pos += b.length;
+    }
   }
 
   flush(): Promise<void> {
@@ -85,21 +112,26 @@ export class MemoryBackend implements BlockBackend {
   }
 
   #run(what: string, offset: number, length: number, write: boolean, fn: () => void): Promise<void> {
-    const value = { offset, length };
-    if (this.#closed) return Promise.reject(new HostIoError(`memory disk: ${what} after close`, value));
-    if (write && this.readOnly) {
-      return Promise.reject(new HostIoError(`memory disk: ${what} refused: read-only`, value));
-    }
-    if (!(Number.isSafeInteger(offset) && offset >= 0 && length >= 0 && offset + length <= this.size)) {
-      return Promise.reject(
-        new HostIoError(
-          `memory disk: ${what} at ${offset}+${length} is outside its ${this.size} bytes`,
-          value,
-        ),
-      );
+    try {
+      this.#throwIfRefused(what, offset, length, write);
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     fn();
     return Promise.resolve();
+  }
+
+  /** Throws the HostIoError that refuses this call (closed, read-only, outside the disk), if any. */
+  #throwIfRefused(what: string, offset: number, length: number, write: boolean): void {
+    const value = { offset, length };
+    if (this.#closed) throw new HostIoError(`memory disk: ${what} after close`, value);
+    if (write && this.readOnly) throw new HostIoError(`memory disk: ${what} refused: read-only`, value);
+    if (!(Number.isSafeInteger(offset) && offset >= 0 && length >= 0 && offset + length <= this.size)) {
+      throw new HostIoError(
+        `memory disk: ${what} at ${offset}+${length} is outside its ${this.size} bytes`,
+        value,
+      );
+    }
   }
 }
 

@@ -61,7 +61,8 @@ export interface RawFileOpenOptions {
    * How reads and writes run. `threads` (default): preadv/pwritev on libuv's thread pool, so many requests are
    * in flight and the calling thread never blocks. `sync`: preadv/pwritev in the calling thread — one system
    * call, no thread hop, no promise; the lowest latency for a device in its own worker thread serving a page-
-   * cached image, at the price of one request at a time per thread.
+   * cached image, at the price of one request at a time per thread. The back end then also offers
+   * `readvSync`/`writevSync`, which a device uses to complete requests without a promise.
    */
   readonly io?: 'threads' | 'sync';
 }
@@ -73,6 +74,13 @@ export class RawFileBackend implements BlockBackend {
   readonly logicalBlockSize = 512;
   /** writeZeroes with unmap punches a hole. */
   readonly writeZeroesMayUnmap = true;
+
+  /**
+   * With `io: 'sync'`: reads and writes done before returning (see {@link BlockBackend.readvSync}); undefined
+   * otherwise.
+   */
+  readonly readvSync: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
+  readonly writevSync: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
 
   readonly #handle: fs.FileHandle;
   readonly #syncIo: boolean;
@@ -86,6 +94,17 @@ export class RawFileBackend implements BlockBackend {
     this.#syncIo = syncIo;
     this.size = size;
     this.readOnly = readOnly;
+    this.readvSync = syncIo
+      ? (offset, bufs) => {
+          this.#transferSync('read', offset, bufs);
+        }
+      : undefined;
+    this.writevSync = syncIo
+      ? (offset, bufs) => {
+          if (this.readOnly) throw this.#readOnlyError('write', offset, totalLength(bufs));
+          this.#transferSync('write', offset, bufs);
+        }
+      : undefined;
   }
 
   /** Opens the raw image at `path`. Rejects with a {@link BlockBackendError} naming the path. */
@@ -201,66 +220,44 @@ export class RawFileBackend implements BlockBackend {
 
   /** preadv / pwritev of every byte of `bufs` at `offset`, continuing after short transfers. */
   async #transfer(kind: 'read' | 'write', offset: number, bufs: readonly Uint8Array[]): Promise<void> {
-    const total = totalLength(bufs);
-    this.#checkOpen(kind, offset, total);
-    let pos = offset;
-    /** The buffer being transferred and how much of it is done. */
-    let index = 0;
-    let done = 0;
-    const batch: Uint8Array[] = [];
-    for (;;) {
-      while (index < bufs.length && (bufs[index] as Uint8Array).length === done) {
-        index++;
-        done = 0;
-      }
-      if (index >= bufs.length) return;
-      batch.length = 0;
-      for (let i = index; i < bufs.length && batch.length < IOV_MAX; i++) {
-        const b = bufs[i] as Uint8Array;
-        const part = i === index ? b.subarray(done) : b;
-        if (part.length > 0) batch.push(part);
-      }
+    if (this.#syncIo) {
+      this.#transferSync(kind, offset, bufs);
+      return;
+    }
+    const cursor = this.#cursor(kind, offset, bufs);
+    for (let batch = cursor.batch(); batch !== null; batch = cursor.batch()) {
       let n: number;
       try {
-        if (this.#syncIo) {
-          n =
-            kind === 'read'
-              ? readvSync(this.#handle.fd, batch, pos)
-              : writevSync(this.#handle.fd, batch, pos);
-        } else {
-          n =
-            kind === 'read'
-              ? (await this.#handle.readv(batch, pos)).bytesRead
-              : (await this.#handle.writev(batch, pos)).bytesWritten;
-        }
+        n =
+          kind === 'read'
+            ? (await this.#handle.readv(batch, cursor.pos)).bytesRead
+            : (await this.#handle.writev(batch, cursor.pos)).bytesWritten;
       } catch (e) {
-        throw this.#ioError(kind, offset, total, e);
+        throw this.#ioError(kind, offset, cursor.total, e);
       }
-      if (n === 0) {
-        if (kind === 'write') {
-          throw new HostIoError(`${this.path}: write at ${pos} made no progress`, {
-            path: this.path,
-            offset,
-          });
-        }
-        // End of file: the image shrank after open. The rest reads as zeros (see the module comment).
-        for (let i = index; i < bufs.length; i++) (bufs[i] as Uint8Array).fill(0, i === index ? done : 0);
-        return;
-      }
-      pos += n;
-      let left = n;
-      while (left > 0) {
-        const room = (bufs[index] as Uint8Array).length - done;
-        if (left >= room) {
-          left -= room;
-          index++;
-          done = 0;
-        } else {
-          done += left;
-          left = 0;
-        }
-      }
+      if (!cursor.advance(n)) return;
     }
+  }
+
+  /** {@link #transfer} in the calling thread (readvSync / writevSync): no promise, no thread hop. */
+  #transferSync(kind: 'read' | 'write', offset: number, bufs: readonly Uint8Array[]): void {
+    const cursor = this.#cursor(kind, offset, bufs);
+    const fd = this.#handle.fd;
+    for (let batch = cursor.batch(); batch !== null; batch = cursor.batch()) {
+      let n: number;
+      try {
+        n = kind === 'read' ? readvSync(fd, batch, cursor.pos) : writevSync(fd, batch, cursor.pos);
+      } catch (e) {
+        throw this.#ioError(kind, offset, cursor.total, e);
+      }
+      if (!cursor.advance(n)) return;
+    }
+  }
+
+  #cursor(kind: 'read' | 'write', offset: number, bufs: readonly Uint8Array[]): TransferCursor {
+    const cursor = new TransferCursor(this.path, kind, offset, bufs);
+    this.#checkOpen(kind, offset, cursor.total);
+    return cursor;
   }
 
   #checkOpen(what: string, offset: number, length: number): void {
@@ -288,6 +285,84 @@ export class RawFileBackend implements BlockBackend {
       { path: this.path, offset, length },
       { cause },
     );
+  }
+}
+
+/**
+ * Progress of one preadv/pwritev transfer over `bufs`: the next batch of at most IOV_MAX buffers, and how a
+ * (possibly short) transfer advances it.
+ */
+class TransferCursor {
+  readonly total: number;
+  /** File position of the next batch. */
+  pos: number;
+  readonly #path: string;
+  readonly #kind: 'read' | 'write';
+  readonly #offset: number;
+  readonly #bufs: readonly Uint8Array[];
+  /** The buffer being transferred and how much of it is done. */
+  #index = 0;
+  #done = 0;
+  readonly #batch: Uint8Array[] = [];
+
+  constructor(path: string, kind: 'read' | 'write', offset: number, bufs: readonly Uint8Array[]) {
+    this.#path = path;
+    this.#kind = kind;
+    this.#offset = offset;
+    this.#bufs = bufs;
+    this.total = totalLength(bufs);
+    this.pos = offset;
+  }
+
+  /** The buffers still to transfer (at most IOV_MAX), or null when every byte is done. Reused between calls. */
+  batch(): Uint8Array[] | null {
+    const bufs = this.#bufs;
+    while (this.#index < bufs.length && (bufs[this.#index] as Uint8Array).length === this.#done) {
+      this.#index++;
+      this.#done = 0;
+    }
+    if (this.#index >= bufs.length) return null;
+    const batch = this.#batch;
+    batch.length = 0;
+    for (let i = this.#index; i < bufs.length && batch.length < IOV_MAX; i++) {
+      const b = bufs[i] as Uint8Array;
+      const part = i === this.#index ? b.subarray(this.#done) : b;
+      if (part.length > 0) batch.push(part);
+    }
+    return batch;
+  }
+
+  /**
+   * Records `n` bytes transferred; false when the transfer is over (end of file on a read: the rest of the
+   * buffers is zero-filled, see the module comment). Throws when a write made no progress.
+   */
+  advance(n: number): boolean {
+    const bufs = this.#bufs;
+    if (n === 0) {
+      if (this.#kind === 'write') {
+        throw new HostIoError(`${this.#path}: write at ${this.pos} made no progress`, {
+          path: this.#path,
+          offset: this.#offset,
+        });
+      }
+      for (let i = this.#index; i < bufs.length; i++)
+        (bufs[i] as Uint8Array).fill(0, i === this.#index ? this.#done : 0);
+      return false;
+    }
+    this.pos += n;
+    let left = n;
+    while (left > 0) {
+      const room = (bufs[this.#index] as Uint8Array).length - this.#done;
+      if (left >= room) {
+        left -= room;
+        this.#index++;
+        this.#done = 0;
+      } else {
+        this.#done += left;
+        left = 0;
+      }
+    }
+    return true;
   }
 }
 

@@ -18,6 +18,13 @@
  * are collected and published once per burst: the first completion schedules a microtask that adds every
  * pending used element, stores used.idx once per queue and interrupts only if `needsNotification` says so.
  *
+ * Synchronous completion. When the back end offers `readvSync`/`writevSync` (a raw image served from the
+ * device's own worker thread), reads and writes run inside the kick and complete at once, without a promise;
+ * so do GET_ID and rejected requests. Everything a pass over the ring completed this way is published before
+ * notifications are re-enabled: one used.idx store and at most one interrupt per pass, in the same turn as the
+ * kick, with no microtask between the I/O and the interrupt. (Writes in writethrough mode, FLUSH, DISCARD and
+ * WRITE_ZEROES stay asynchronous.)
+ *
  * Faults. A chain the split ring refuses (a `QueueError`) or a request with no status byte (see the decision
  * table in blk-request.ts) is a guest fault: the device reports it through `context.fail` (DEVICE_NEEDS_RESET)
  * and pops nothing more until reset; requests already in flight still complete. Everything else is answered
@@ -124,6 +131,8 @@ export interface BlkDeviceStats {
   interrupts: number;
   /** Completions dropped because the device was reset while they were in flight. */
   dropped: number;
+  /** Reads and writes completed through the back end's synchronous methods (`readvSync`/`writevSync`). */
+  synchronous: number;
 }
 
 const { VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR } = BlkStatus;
@@ -137,7 +146,14 @@ export class BlkDevice implements VirtioDevice {
   /** Capacity in 512-byte sectors. */
   readonly capacity: number;
   readonly readOnly: boolean;
-  readonly stats: BlkDeviceStats = { requests: 0, completed: 0, publishes: 0, interrupts: 0, dropped: 0 };
+  readonly stats: BlkDeviceStats = {
+    requests: 0,
+    completed: 0,
+    publishes: 0,
+    interrupts: 0,
+    dropped: 0,
+    synchronous: 0,
+  };
 
   readonly #config: Uint8Array;
   readonly #serial: Uint8Array;
@@ -158,6 +174,8 @@ export class BlkDevice implements VirtioDevice {
   /** Per queue: `[head, len, head, len, ...]` completed but not yet in the used ring. */
   #completions: number[][];
   #publishScheduled = false;
+  /** Inside #drain: completions are published at the end of the pass, not from a microtask. */
+  #draining = 0;
   /** Back-end operations in flight (of every generation). */
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
@@ -332,20 +350,29 @@ export class BlkDevice implements VirtioDevice {
     const context = this.#context;
     const queue = context?.queues[queueIndex];
     if (context === undefined || queue === undefined || !queue.isActive) return;
-    for (;;) {
-      if (this.#failed) return;
-      queue.disableNotification();
-      try {
-        for (let chain = queue.popChain(); chain !== null; chain = queue.popChain()) {
-          this.#start(queueIndex, chain);
+    this.#draining++;
+    try {
+      for (;;) {
+        if (this.#failed) return;
+        queue.disableNotification();
+        try {
+          for (let chain = queue.popChain(); chain !== null; chain = queue.popChain()) {
+            this.#start(queueIndex, chain);
+          }
+        } catch (e) {
+          if (!(e instanceof GuestFault)) throw e;
+          this.#failed = true;
+          context.fail(e as GuestFault);
+          return;
         }
-      } catch (e) {
-        if (!(e instanceof GuestFault)) throw e;
-        this.#failed = true;
-        context.fail(e as GuestFault);
-        return;
+        // What this pass completed synchronously: published now, before the re-check.
+        this.#publishQueue(context, queueIndex);
+        if (!queue.enableNotification()) return;
       }
-      if (!queue.enableNotification()) return;
+    } finally {
+      this.#draining--;
+      // A pass cut short (a guest fault): its completions are published as asynchronous ones are.
+      if (this.#draining === 0) this.#schedulePublish();
     }
   }
 
@@ -363,6 +390,14 @@ export class BlkDevice implements VirtioDevice {
       fillId(request.data, this.#serial);
       this.#complete(generation, queueIndex, request, VIRTIO_BLK_S_OK);
       return;
+    }
+    if (request.op === 'read' || (request.op === 'write' && !this.#writethrough)) {
+      const backend = this.backend;
+      if (request.op === 'read' ? backend.readvSync !== undefined : backend.writevSync !== undefined) {
+        this.stats.synchronous++;
+        this.#complete(generation, queueIndex, request, this.#executeSync(request, queueIndex));
+        return;
+      }
     }
     this.#inFlight++;
     const done = this.#execute(request, queueIndex);
@@ -410,19 +445,37 @@ export class BlkDevice implements VirtioDevice {
       }
       return VIRTIO_BLK_S_OK;
     } catch (e) {
-      const error =
-        e instanceof HostIoError
-          ? e
-          : new HostIoError(
-              `block back end failed: ${e instanceof Error ? e.message : String(e)}`,
-              request.op,
-              {
-                cause: e,
-              },
-            );
-      this.#onRequestError?.(error, queueIndex);
-      return VIRTIO_BLK_S_IOERR;
+      return this.#failedRequest(e, request, queueIndex);
     }
+  }
+
+  /** A read or write through the back end's synchronous method (present: checked by the caller). */
+  #executeSync(request: BlkRequest & { readonly op: 'read' | 'write' }, queueIndex: number): number {
+    try {
+      if (request.length > 0) {
+        if (request.op === 'read') this.backend.readvSync?.(request.offset, request.data);
+        else this.backend.writevSync?.(request.offset, request.data);
+      }
+      return VIRTIO_BLK_S_OK;
+    } catch (e) {
+      return this.#failedRequest(e, request, queueIndex);
+    }
+  }
+
+  /** Reports a back-end failure and gives the status that answers it. */
+  #failedRequest(e: unknown, request: BlkRequest, queueIndex: number): number {
+    const error =
+      e instanceof HostIoError
+        ? e
+        : new HostIoError(
+            `block back end failed: ${e instanceof Error ? e.message : String(e)}`,
+            request.op,
+            {
+              cause: e,
+            },
+          );
+    this.#onRequestError?.(error, queueIndex);
+    return VIRTIO_BLK_S_IOERR;
   }
 
   async #ranges(op: 'discard' | 'write-zeroes', ranges: readonly BlkRange[]): Promise<void> {
@@ -446,10 +499,14 @@ export class BlkDevice implements VirtioDevice {
     }
     context.memory.writeU8(request.statusAddress, status);
     (this.#completions[queueIndex] as number[]).push(request.head, request.usedLength);
-    if (!this.#publishScheduled) {
-      this.#publishScheduled = true;
-      queueMicrotask(this.#publish);
-    }
+    // Inside a pass over the ring, #drain publishes when the pass ends.
+    if (this.#draining === 0) this.#schedulePublish();
+  }
+
+  #schedulePublish(): void {
+    if (this.#publishScheduled || !this.#completions.some((pending) => pending.length > 0)) return;
+    this.#publishScheduled = true;
+    queueMicrotask(this.#publish);
   }
 
   /** Adds every pending used element, one used.idx store per queue, and interrupts where the driver wants. */
@@ -457,22 +514,26 @@ export class BlkDevice implements VirtioDevice {
     this.#publishScheduled = false;
     const context = this.#context;
     if (context === undefined) return;
-    this.#completions.forEach((pending, queueIndex) => {
-      if (pending.length === 0) return;
-      const queue = context.queues[queueIndex];
-      if (queue === undefined) return;
-      for (let i = 0; i < pending.length; i += 2)
-        queue.addUsed(pending[i] as number, pending[i + 1] as number);
-      this.stats.completed += pending.length >> 1;
-      pending.length = 0;
-      queue.publishUsed();
-      this.stats.publishes++;
-      if (queue.needsNotification()) {
-        this.stats.interrupts++;
-        context.interrupt.signalUsed(queueIndex);
-      }
-    });
+    for (let queueIndex = 0; queueIndex < this.#completions.length; queueIndex++)
+      this.#publishQueue(context, queueIndex);
   };
+
+  /** Publishes queue `queueIndex`'s pending used elements (one used.idx store) and interrupts if asked. */
+  #publishQueue(context: DeviceContext, queueIndex: number): void {
+    const pending = this.#completions[queueIndex];
+    if (pending === undefined || pending.length === 0) return;
+    const queue = context.queues[queueIndex];
+    if (queue === undefined) return;
+    for (let i = 0; i < pending.length; i += 2) queue.addUsed(pending[i] as number, pending[i + 1] as number);
+    this.stats.completed += pending.length >> 1;
+    pending.length = 0;
+    queue.publishUsed();
+    this.stats.publishes++;
+    if (queue.needsNotification()) {
+      this.stats.interrupts++;
+      context.interrupt.signalUsed(queueIndex);
+    }
+  }
 }
 
 /** Copies the id into the data views, NUL-padding the rest of the data area (§5.2.6: a NUL-padded string). */

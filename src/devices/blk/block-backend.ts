@@ -13,6 +13,12 @@
  *   VIRTIO_BLK_S_IOERR and carries on. Anything else thrown is treated the same way.
  * - `discard` and `writeZeroes` are optional: the device offers VIRTIO_BLK_F_DISCARD / VIRTIO_BLK_F_WRITE_ZEROES
  *   only when the back end has them.
+ * - `readvSync` and `writevSync` are optional: a back end whose reads and writes run in the calling thread anyway
+ *   (a raw image with `io: 'sync'`, a synchronous RAM disk) offers them, and the device then completes a read or
+ *   write in the same turn as the kick that brought it — no promise, no microtask, one used-ring publish and at
+ *   most one interrupt per burst. They block the caller for the duration of the I/O: a device whose back end has
+ *   them belongs in a thread of its own (a vhost-user export's worker), not on a thread that must stay
+ *   responsive.
  */
 export interface BlockBackend {
   /** Size in bytes. The disk's capacity is `floor(size / 512)` sectors; a partial last sector is not used. */
@@ -31,6 +37,13 @@ export interface BlockBackend {
   readv(offset: number, bufs: readonly Uint8Array[]): Promise<void>;
   /** Writes `bufs`, in order, at `offset`. Rejects with `HostIoError`. */
   writev(offset: number, bufs: readonly Uint8Array[]): Promise<void>;
+  /**
+   * `readv`, done before returning, in the calling thread. Throws `HostIoError` (anything else thrown is treated
+   * the same way). The buffers are not kept after the call.
+   */
+  readonly readvSync?: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
+  /** `writev`, done before returning, in the calling thread. Throws `HostIoError`. */
+  readonly writevSync?: ((offset: number, bufs: readonly Uint8Array[]) => void) | undefined;
   /** Makes every write that completed before this call durable (fdatasync). */
   flush(): Promise<void>;
   /** The range's contents become undefined; the back end may deallocate it (a hint: may do nothing). */

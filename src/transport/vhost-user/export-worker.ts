@@ -23,6 +23,7 @@ import {
 import { VirtioError } from '../../virtio/errors.js';
 import { VhostUserBackendSession } from './backend-session.js';
 import { VhostUserMessageParser } from './message-parser.js';
+import { LatencyTrace } from './latency-trace.js';
 import { SysHostIo } from './sys-host-io.js';
 import type { DeviceFactory, DeviceFactoryRef, DeviceInstance } from './vhost-user-export.js';
 import { unlinkSync } from 'node:fs';
@@ -88,6 +89,7 @@ class ExportReactor {
   #queue: Promise<void> = Promise.resolve();
   #stopped = false;
   #connections = 0;
+  readonly #trace = LatencyTrace.enabled ? new LatencyTrace() : null;
 
   constructor(data: ExportWorkerData, instance: DeviceInstance) {
     this.#data = data;
@@ -95,6 +97,7 @@ class ExportReactor {
     this.#hostIo = new SysHostIo((line) => {
       this.#log(line);
     });
+    this.#trace?.wrap(this.#hostIo);
   }
 
   #log(line: string): void {
@@ -173,13 +176,18 @@ class ExportReactor {
   #kick(ring: number, fd: number): void {
     const conn = this.#conn;
     if (conn === null || this.#kicks.get(ring)?.fd !== fd) return;
+    const trace = this.#trace;
+    trace?.wake();
     try {
       eventfdRead(fd);
     } catch (e) {
       this.#log(`ring ${ring}: kick eventfd read failed: ${describe(e)}`);
       return;
     }
+    trace?.read();
+    const start = trace === null ? 0 : LatencyTrace.now();
     conn.session.kick(ring);
+    trace?.kicked(start);
   }
 
   async #readConnection(): Promise<void> {
@@ -255,6 +263,7 @@ class ExportReactor {
     for (const fd of conn.parser.drainFds()) closeFd(fd);
     closeFd(conn.fd);
     this.#log(`front end disconnected: ${reason}`);
+    for (const line of this.#trace?.report() ?? []) this.#log(line);
   }
 
   /** Stops accepting, ends the connection, removes the socket. */

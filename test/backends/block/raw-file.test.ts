@@ -191,6 +191,45 @@ describe('RawFileBackend', () => {
     }
   });
 
+  test("io 'sync' offers readvSync / writevSync (round trip, end of file reads zeros, read-only refused)", async () => {
+    const threads = await RawFileBackend.open(await image('threads.raw', new Uint8Array(4096)));
+    try {
+      assert.equal(threads.readvSync, undefined, 'the thread-pool back end has no synchronous methods');
+      assert.equal(threads.writevSync, undefined);
+    } finally {
+      await threads.close();
+    }
+    const path = await image('sync.raw', new Uint8Array(64 * 1024));
+    const b = await RawFileBackend.open(path, { io: 'sync' });
+    try {
+      const writevSync = b.writevSync ?? assert.fail('writevSync offered');
+      const readvSync = b.readvSync ?? assert.fail('readvSync offered');
+      const data = randomBytes(prng(21), 12288);
+      writevSync(4096, views(data, 7)); // done on return: no promise to wait for
+      assert.deepEqual(new Uint8Array(readFileSync(path)).subarray(4096, 4096 + data.length), data);
+      const back = new Uint8Array(data.length);
+      readvSync(4096, views(back, 4));
+      assert.deepEqual(back, data);
+      await fs.truncate(path, 8192);
+      const tail = new Uint8Array(8192).fill(0xee);
+      readvSync(4096, [tail.subarray(0, 1000), tail.subarray(1000)]);
+      assert.deepEqual(tail.subarray(0, 4096), data.subarray(0, 4096));
+      assert.ok(
+        tail.subarray(4096).every((x) => x === 0),
+        'past the end of the file: zeros',
+      );
+    } finally {
+      await b.close();
+    }
+    assert.throws(() => b.readvSync?.(0, [new Uint8Array(512)]), HostIoError, 'after close');
+    const ro = await RawFileBackend.open(path, { io: 'sync', readOnly: true });
+    try {
+      assert.throws(() => ro.writevSync?.(0, [new Uint8Array(512)]), HostIoError);
+    } finally {
+      await ro.close();
+    }
+  });
+
   test('a missing path fails with NOT_FOUND naming the path; nothing is created', async () => {
     const path = join(dir, 'missing', 'disk.raw');
     const e = await RawFileBackend.open(path).catch((x: unknown) => x);
@@ -307,6 +346,38 @@ describe('BlkDevice over RawFileBackend (loopback)', () => {
         inLen: data.length,
       });
       assert.ok(z.data.every((x) => x === 0));
+      assert.deepEqual(s.requestErrors, []);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  test("io 'sync': reads and writes complete inside the kick, the image holds what the guest wrote", async () => {
+    const path = await image('blk-sync.raw', new Uint8Array(2 * MiB));
+    const backend = await RawFileBackend.open(path, { io: 'sync' });
+    try {
+      const s = await setupBlk(backend);
+      const data = randomBytes(prng(16), 16 * SECTOR_SIZE);
+      const w = await s.client.request({
+        type: BlkRequestType.VIRTIO_BLK_T_OUT,
+        sector: 8,
+        out: data,
+        segments: 3,
+      });
+      assert.equal(w.status, BlkStatus.VIRTIO_BLK_S_OK);
+      const r = await s.client.request({
+        type: BlkRequestType.VIRTIO_BLK_T_IN,
+        sector: 8,
+        inLen: data.length,
+        segments: 2,
+      });
+      assert.deepEqual(r.data, data);
+      assert.deepEqual(
+        new Uint8Array(await fs.readFile(path)).subarray(8 * SECTOR_SIZE, 8 * SECTOR_SIZE + data.length),
+        data,
+      );
+      assert.equal(s.device.stats.synchronous, 2);
+      assert.equal(s.device.inFlight, 0);
       assert.deepEqual(s.requestErrors, []);
     } finally {
       await backend.close();
