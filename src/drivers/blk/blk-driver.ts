@@ -1,0 +1,636 @@
+/**
+ * # virtio-blk driver (VIRTIO 1.2 §5.2, after Linux drivers/block/virtio_blk.c)
+ *
+ * `VirtioBlkDriver` registers on a {@link VirtioBus} (id table: device 2, any vendor) and works on any transport
+ * that implements the driver model's config ops; it never sees the transport. Probe reads the configuration
+ * (capacity, blk_size, seg_max, size_max, num_queues, discard and write-zeroes limits), refuses one it cannot
+ * handle with a {@link BlkDriverError} `BAD_CONFIG` (the bus then reports PROBE_FAILED and sets FAILED), and sets
+ * up one request queue per device queue (MQ, up to {@link VirtioBlkDriverOptions.maxQueues}).
+ *
+ * The bound device's API is a {@link VirtioBlkDisk} (`driver.disk(dev)`): `read`, `write`, `flush`, `getId`,
+ * `discard`, `writeZeroes`, each a Promise. Any number may be in flight: requests are spread over the queues
+ * round robin, wait in a per-queue backlog when a ring is full, and complete by token (the request object itself
+ * is the ring token). A request larger than what one descriptor may carry (`size_max`, or 4 MiB) is split into
+ * several, issued together. Kicks are coalesced: one per queue per microtask turn, whatever number of requests
+ * were added in it.
+ *
+ * Argument errors are thrown before anything is sent: a write, discard or write-zeroes on a read-only device
+ * (`READ_ONLY`), a range past the capacity (`OUT_OF_RANGE`), a length that is not whole 512-byte sectors
+ * (`INVALID_ARGUMENT`), a command the device did not offer (`UNSUPPORTED`). Device answers: `IO_ERROR`
+ * (VIRTIO_BLK_S_IOERR), `UNSUPPORTED` (VIRTIO_BLK_S_UNSUPP). A queue the device breaks (bad used element) fails
+ * its requests with `QUEUE_BROKEN`; removing the device fails what is left with `REMOVED`.
+ *
+ * Buffers: each request takes a header+status block and a data buffer from the transport's allocator (guest
+ * memory the device can reach), copies data in (writes) or out (reads), and frees both on completion.
+ *
+ * The wire layout comes from src/devices/blk/blk-layout.ts (pure constants, shared with the device model; see
+ * docs/drivers.md for the proposal to move it to the spec core).
+ */
+import {
+  BLK_CONFIG_BLK_SIZE,
+  BLK_CONFIG_CAPACITY,
+  BLK_CONFIG_MAX_DISCARD_SECTORS,
+  BLK_CONFIG_MAX_DISCARD_SEG,
+  BLK_CONFIG_MAX_WRITE_ZEROES_SECTORS,
+  BLK_CONFIG_MAX_WRITE_ZEROES_SEG,
+  BLK_CONFIG_NUM_QUEUES,
+  BLK_CONFIG_SEG_MAX,
+  BLK_CONFIG_SIZE_MAX,
+  BLK_DWZ_FLAGS_OFFSET,
+  BLK_DWZ_NUM_SECTORS_OFFSET,
+  BLK_DWZ_SECTOR_OFFSET,
+  BLK_DWZ_SEGMENT_SIZE,
+  BLK_REQ_HEADER_SIZE,
+  BLK_REQ_RESERVED_OFFSET,
+  BLK_REQ_SECTOR_OFFSET,
+  BLK_REQ_TYPE_OFFSET,
+  BlkFeature,
+  BlkRequestType,
+  BlkStatus,
+  SECTOR_SIZE,
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+  VIRTIO_ID_BLOCK,
+} from '../../devices/blk/blk-layout.js';
+import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
+import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
+import type { ScatterEntry, Virtqueue } from '../../virtio/driver/virtqueue.js';
+import { UsageError } from '../../virtio/errors.js';
+import type { GuestAllocator } from '../../virtio/guest-allocator.js';
+import type { GuestMemory } from '../../virtio/guest-memory.js';
+
+/** Largest data buffer of one request when the device sets no size_max. */
+export const BLK_DEFAULT_MAX_SEGMENT = 4 << 20;
+
+export type BlkDriverErrorCode =
+  | 'READ_ONLY'
+  | 'OUT_OF_RANGE'
+  | 'INVALID_ARGUMENT'
+  | 'UNSUPPORTED'
+  | 'IO_ERROR'
+  | 'BAD_CONFIG'
+  | 'QUEUE_BROKEN'
+  | 'REMOVED'
+  | 'NOT_BOUND';
+
+export class BlkDriverError extends Error {
+  readonly code: BlkDriverErrorCode;
+  readonly value: unknown;
+  constructor(code: BlkDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BlkDriverError';
+    this.code = code;
+    this.value = value;
+  }
+}
+
+/** What probe read from the device configuration (sizes in bytes unless named sectors). */
+export interface BlkConfig {
+  /** Capacity in 512-byte sectors. */
+  readonly capacity: number;
+  /** Logical block size (VIRTIO_BLK_F_BLK_SIZE, else 512). */
+  readonly blkSize: number;
+  /** Maximum data segments per request (VIRTIO_BLK_F_SEG_MAX, else unlimited: 0). */
+  readonly segMax: number;
+  /** Maximum bytes per segment (VIRTIO_BLK_F_SIZE_MAX, else 0). */
+  readonly sizeMax: number;
+  /** Request queues the device has (VIRTIO_BLK_F_MQ, else 1). */
+  readonly numQueues: number;
+  readonly readOnly: boolean;
+  readonly flush: boolean;
+  /** Sectors per discard segment; 0: no discard. */
+  readonly maxDiscardSectors: number;
+  /** Sectors per write-zeroes segment; 0: no write zeroes. */
+  readonly maxWriteZeroesSectors: number;
+}
+
+export interface VirtioBlkDriverOptions {
+  /** Request queues to use at most (default 4). */
+  readonly maxQueues?: number;
+  /** Ring size per queue (default: the device's maximum). */
+  readonly queueSize?: number;
+}
+
+/** One request on a ring; also its token. */
+interface Request {
+  readonly type: number;
+  /** Header (16 bytes), then an optional discard/write-zeroes segment, then the status byte. */
+  readonly block: number;
+  readonly statusAddr: number;
+  /** Data buffer (0 when none) and its length. */
+  readonly data: number;
+  readonly dataLen: number;
+  readonly out: ScatterEntry[];
+  readonly inn: ScatterEntry[];
+  readonly resolve: (req: Request) => void;
+  readonly reject: (error: Error) => void;
+}
+
+interface QueueState {
+  readonly vq: Virtqueue<Request>;
+  readonly inFlight: Set<Request>;
+  readonly backlog: Request[];
+  kickPending: boolean;
+}
+
+/** A bound virtio-blk device: the driver's per-device state and its I/O API. */
+export class VirtioBlkDisk {
+  readonly dev: VirtioBusDevice;
+  readonly memory: GuestMemory;
+  readonly allocator: GuestAllocator;
+  #config: BlkConfig;
+  readonly #queues: QueueState[] = [];
+  #next = 0;
+  #removed: BlkDriverError | undefined;
+
+  /** @internal made by the driver's probe */
+  constructor(dev: VirtioBusDevice, config: BlkConfig) {
+    this.dev = dev;
+    this.memory = dev.ops.memory;
+    this.allocator = dev.ops.allocator;
+    this.#config = config;
+  }
+
+  get config(): BlkConfig {
+    return this.#config;
+  }
+
+  /** Capacity in bytes. */
+  get size(): number {
+    return this.#config.capacity * SECTOR_SIZE;
+  }
+
+  /** Requests on the rings or waiting for room. */
+  get inFlight(): number {
+    let n = 0;
+    for (const q of this.#queues) n += q.inFlight.size + q.backlog.length;
+    return n;
+  }
+
+  get numQueues(): number {
+    return this.#queues.length;
+  }
+
+  /** Reads `length` bytes (whole sectors) from `sector`. */
+  async read(sector: number, length: number): Promise<Uint8Array> {
+    this.#checkRange(sector, length);
+    const out = new Uint8Array(length);
+    await Promise.all(
+      this.#chunks(sector, length).map(async ([s, off, len]) => {
+        const req = this.#dataRequest(BlkRequestType.VIRTIO_BLK_T_IN, s, len, undefined);
+        try {
+          await this.#submit(req);
+          this.memory.read(req.data, out.subarray(off, off + len));
+        } finally {
+          this.#free(req);
+        }
+      }),
+    );
+    return out;
+  }
+
+  /** Writes `data` (whole sectors) at `sector`. Rejects READ_ONLY on a read-only device without sending. */
+  async write(sector: number, data: Uint8Array): Promise<void> {
+    this.#checkWritable('write');
+    this.#checkRange(sector, data.length);
+    await Promise.all(
+      this.#chunks(sector, data.length).map(async ([s, off, len]) => {
+        const req = this.#dataRequest(BlkRequestType.VIRTIO_BLK_T_OUT, s, len, data.subarray(off, off + len));
+        try {
+          await this.#submit(req);
+        } finally {
+          this.#free(req);
+        }
+      }),
+    );
+  }
+
+  /** Flushes the device's write cache (resolves at once when the device has no FLUSH: it writes through). */
+  async flush(): Promise<void> {
+    this.#checkLive();
+    if (!this.#config.flush) return;
+    const req = this.#request(BlkRequestType.VIRTIO_BLK_T_FLUSH, 0, 0, 0);
+    try {
+      await this.#submit(req);
+    } finally {
+      this.#free(req);
+    }
+  }
+
+  /** The device id string (GET_ID: up to 20 bytes, NUL-padded; QEMU's is the drive's `serial`). */
+  async getId(): Promise<string> {
+    this.#checkLive();
+    const req = this.#dataRequest(BlkRequestType.VIRTIO_BLK_T_GET_ID, 0, VIRTIO_BLK_ID_BYTES, undefined);
+    try {
+      await this.#submit(req);
+      const bytes = this.memory.slice(req.data, VIRTIO_BLK_ID_BYTES);
+      const end = bytes.indexOf(0);
+      return String.fromCharCode(...bytes.subarray(0, end < 0 ? bytes.length : end));
+    } finally {
+      this.#free(req);
+    }
+  }
+
+  /** Discards `count` sectors from `sector` (VIRTIO_BLK_F_DISCARD). */
+  async discard(sector: number, count: number): Promise<void> {
+    await this.#dwz(BlkRequestType.VIRTIO_BLK_T_DISCARD, sector, count, 0, this.#config.maxDiscardSectors);
+  }
+
+  /** Writes zeroes to `count` sectors from `sector` (VIRTIO_BLK_F_WRITE_ZEROES); `unmap` lets it deallocate. */
+  async writeZeroes(sector: number, count: number, options: { unmap?: boolean } = {}): Promise<void> {
+    await this.#dwz(
+      BlkRequestType.VIRTIO_BLK_T_WRITE_ZEROES,
+      sector,
+      count,
+      options.unmap === true ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0,
+      this.#config.maxWriteZeroesSectors,
+    );
+  }
+
+  // ---- driver internals ----
+
+  /** @internal */
+  _setQueues(vqs: readonly Virtqueue<Request>[]): void {
+    for (const vq of vqs) this.#queues.push({ vq, inFlight: new Set(), backlog: [], kickPending: false });
+  }
+
+  /** @internal The queue's interrupt: complete every used request (Linux virtblk_done). */
+  _done(vq: Virtqueue<Request>): void {
+    const q = this.#queues.find((s) => s.vq === vq);
+    if (q === undefined) return;
+    try {
+      do {
+        vq.disableCb();
+        let used;
+        while ((used = vq.getBuf()) !== null) this.#complete(q, used.token);
+      } while (!vq.enableCb());
+    } catch (e) {
+      this.#breakQueue(q, e);
+      return;
+    }
+    this.#drainBacklog(q);
+  }
+
+  /** @internal Fails everything left (device removed or reset) and frees its buffers. */
+  _fail(error: BlkDriverError): void {
+    this.#removed ??= error;
+    for (const q of this.#queues) {
+      for (const req of [...q.inFlight, ...q.backlog.splice(0)]) {
+        q.inFlight.delete(req);
+        req.reject(error);
+      }
+    }
+  }
+
+  /** @internal After reset: takes back buffers the device never used. */
+  _detachAll(): void {
+    for (const q of this.#queues) {
+      while (q.vq.detachUnusedBuf() !== null) {
+        // the requests were already failed by _fail; their memory is freed by their own finally blocks
+      }
+    }
+  }
+
+  /** @internal */
+  _updateCapacity(capacity: number): void {
+    this.#config = { ...this.#config, capacity };
+  }
+
+  #dwz(type: number, sector: number, count: number, flags: number, maxSectors: number): Promise<void> {
+    this.#checkWritable(type === BlkRequestType.VIRTIO_BLK_T_DISCARD ? 'discard' : 'write zeroes');
+    if (maxSectors === 0) {
+      return Promise.reject(
+        new BlkDriverError(
+          'UNSUPPORTED',
+          `${this.dev.name}: the device does not support ${type === BlkRequestType.VIRTIO_BLK_T_DISCARD ? 'discard' : 'write zeroes'}`,
+          type,
+        ),
+      );
+    }
+    if (!Number.isSafeInteger(count) || count <= 0) {
+      return Promise.reject(
+        new BlkDriverError('INVALID_ARGUMENT', `sector count ${count} is not positive`, count),
+      );
+    }
+    this.#checkRange(sector, count * SECTOR_SIZE);
+    const parts: Promise<unknown>[] = [];
+    for (let s = sector; s < sector + count; s += maxSectors) {
+      const n = Math.min(maxSectors, sector + count - s);
+      const req = this.#request(type, s, 0, BLK_DWZ_SEGMENT_SIZE);
+      const seg = req.block + BLK_REQ_HEADER_SIZE;
+      this.memory.writeU64(seg + BLK_DWZ_SECTOR_OFFSET, BigInt(s));
+      this.memory.writeU32(seg + BLK_DWZ_NUM_SECTORS_OFFSET, n);
+      this.memory.writeU32(seg + BLK_DWZ_FLAGS_OFFSET, flags);
+      parts.push(
+        this.#submit(req).finally(() => {
+          this.#free(req);
+        }),
+      );
+    }
+    return Promise.all(parts).then(() => undefined);
+  }
+
+  /** Splits [sector, +length) into requests no larger than one segment may be. */
+  #chunks(sector: number, length: number): [number, number, number][] {
+    const max = Math.max(
+      SECTOR_SIZE,
+      Math.floor((this.#config.sizeMax || BLK_DEFAULT_MAX_SEGMENT) / SECTOR_SIZE) * SECTOR_SIZE,
+    );
+    const out: [number, number, number][] = [];
+    for (let off = 0; off < length; off += max)
+      out.push([sector + off / SECTOR_SIZE, off, Math.min(max, length - off)]);
+    return out;
+  }
+
+  #dataRequest(type: number, sector: number, length: number, src: Uint8Array | undefined): Request {
+    const data = this.allocator.alloc(length, 16);
+    if (src !== undefined) this.memory.write(data, src);
+    try {
+      return this.#request(type, sector, data, 0, length);
+    } catch (e) {
+      this.allocator.free(data);
+      throw e;
+    }
+  }
+
+  /**
+   * A request with its header+status block (`extra` bytes of readable segment after the header) and an
+   * optional data buffer (`data`, `dataLen`; writable for IN and GET_ID, readable otherwise).
+   */
+  #request(type: number, sector: number, data: number, extra: number, dataLen = 0): Request {
+    this.#checkLive();
+    const block = this.allocator.alloc(BLK_REQ_HEADER_SIZE + extra + 16, 16);
+    const m = this.memory;
+    m.writeU32(block + BLK_REQ_TYPE_OFFSET, type);
+    m.writeU32(block + BLK_REQ_RESERVED_OFFSET, 0);
+    m.writeU64(block + BLK_REQ_SECTOR_OFFSET, BigInt(sector));
+    const statusAddr = block + BLK_REQ_HEADER_SIZE + extra;
+    m.writeU8(statusAddr, 0xff);
+    const out: ScatterEntry[] = [{ addr: block, len: BLK_REQ_HEADER_SIZE + extra }];
+    const inn: ScatterEntry[] = [];
+    const deviceWrites =
+      type === BlkRequestType.VIRTIO_BLK_T_IN || type === BlkRequestType.VIRTIO_BLK_T_GET_ID;
+    if (dataLen > 0) (deviceWrites ? inn : out).push({ addr: data, len: dataLen });
+    inn.push({ addr: statusAddr, len: 1 });
+    let resolve!: (req: Request) => void;
+    let reject!: (error: Error) => void;
+    const done = new Promise<Request>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const req: Request & { done: Promise<Request> } = {
+      type,
+      block,
+      statusAddr,
+      data: dataLen > 0 ? data : 0,
+      dataLen,
+      out,
+      inn,
+      resolve,
+      reject,
+      done,
+    };
+    return req;
+  }
+
+  #free(req: Request): void {
+    this.allocator.free(req.block);
+    if (req.dataLen > 0) this.allocator.free(req.data);
+  }
+
+  /** Puts the request on a queue (or its backlog) and resolves when the device completed it with OK. */
+  #submit(req: Request): Promise<Request> {
+    const done = (req as Request & { done: Promise<Request> }).done;
+    const q = this.#queues[this.#next++ % this.#queues.length];
+    if (q === undefined) {
+      req.reject(new BlkDriverError('NOT_BOUND', `${this.dev.name}: no request queues`, 0));
+      return done;
+    }
+    if (q.vq.isBroken()) {
+      req.reject(this.#brokenError(q));
+      return done;
+    }
+    if (q.backlog.length !== 0 || !this.#add(q, req)) q.backlog.push(req);
+    return done;
+  }
+
+  /** Adds to the ring; false when full. */
+  #add(q: QueueState, req: Request): boolean {
+    try {
+      q.vq.addBuf(req.out, req.inn, req);
+    } catch (e) {
+      if (e instanceof UsageError && e.code === 'QUEUE_FULL') return false;
+      req.reject(e instanceof UsageError && e.code === 'QUEUE_BROKEN' ? this.#brokenError(q) : toError(e));
+      return true;
+    }
+    q.inFlight.add(req);
+    this.#scheduleKick(q);
+    return true;
+  }
+
+  #scheduleKick(q: QueueState): void {
+    if (q.kickPending) return;
+    q.kickPending = true;
+    queueMicrotask(() => {
+      q.kickPending = false;
+      if (!q.vq.isBroken()) q.vq.kick();
+    });
+  }
+
+  #drainBacklog(q: QueueState): void {
+    while (q.backlog.length !== 0) {
+      const req = q.backlog[0] as Request;
+      if (!this.#add(q, req)) return;
+      q.backlog.shift();
+    }
+  }
+
+  #complete(q: QueueState, req: Request): void {
+    q.inFlight.delete(req);
+    const status = this.memory.readU8(req.statusAddr);
+    if (status === BlkStatus.VIRTIO_BLK_S_OK) {
+      req.resolve(req);
+      return;
+    }
+    const code: BlkDriverErrorCode = status === BlkStatus.VIRTIO_BLK_S_UNSUPP ? 'UNSUPPORTED' : 'IO_ERROR';
+    req.reject(
+      new BlkDriverError(
+        code,
+        `${this.dev.name}: request type ${req.type} failed with status ${status}${status === BlkStatus.VIRTIO_BLK_S_UNSUPP ? ' (unsupported)' : ''}`,
+        status,
+      ),
+    );
+  }
+
+  #breakQueue(q: QueueState, cause: unknown): void {
+    const error = this.#brokenError(q, cause);
+    for (const req of [...q.inFlight, ...q.backlog.splice(0)]) {
+      q.inFlight.delete(req);
+      req.reject(error);
+    }
+  }
+
+  #brokenError(q: QueueState, cause: unknown = q.vq.brokenReason): BlkDriverError {
+    return new BlkDriverError(
+      'QUEUE_BROKEN',
+      `${this.dev.name}: queue ${q.vq.name} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
+      q.vq.index,
+      { cause },
+    );
+  }
+
+  #checkLive(): void {
+    if (this.#removed !== undefined) throw this.#removed;
+  }
+
+  #checkWritable(what: string): void {
+    this.#checkLive();
+    if (this.#config.readOnly) {
+      throw new BlkDriverError('READ_ONLY', `${this.dev.name}: ${what} on a read-only device`, what);
+    }
+  }
+
+  #checkRange(sector: number, length: number): void {
+    this.#checkLive();
+    if (!Number.isSafeInteger(length) || length <= 0 || length % SECTOR_SIZE !== 0) {
+      throw new BlkDriverError(
+        'INVALID_ARGUMENT',
+        `length ${length} is not a positive multiple of ${SECTOR_SIZE}`,
+        length,
+      );
+    }
+    if (
+      !Number.isSafeInteger(sector) ||
+      sector < 0 ||
+      sector + length / SECTOR_SIZE > this.#config.capacity
+    ) {
+      throw new BlkDriverError(
+        'OUT_OF_RANGE',
+        `${this.dev.name}: sectors ${sector}+${length / SECTOR_SIZE} are outside the ${this.#config.capacity}-sector disk`,
+        sector,
+      );
+    }
+  }
+}
+
+function toError(e: unknown): Error {
+  return e instanceof Error ? e : new Error(String(e));
+}
+
+/** The virtio-blk driver; one instance serves any number of devices. */
+export class VirtioBlkDriver implements VirtioDriver {
+  readonly name = 'virtio-blk';
+  readonly idTable = [{ device: VIRTIO_ID_BLOCK, vendor: VIRTIO_DEV_ANY_ID }];
+  readonly featureTable = [
+    BlkFeature.VIRTIO_BLK_F_SIZE_MAX,
+    BlkFeature.VIRTIO_BLK_F_SEG_MAX,
+    BlkFeature.VIRTIO_BLK_F_RO,
+    BlkFeature.VIRTIO_BLK_F_BLK_SIZE,
+    BlkFeature.VIRTIO_BLK_F_FLUSH,
+    BlkFeature.VIRTIO_BLK_F_MQ,
+    BlkFeature.VIRTIO_BLK_F_DISCARD,
+    BlkFeature.VIRTIO_BLK_F_WRITE_ZEROES,
+  ];
+  readonly #options: VirtioBlkDriverOptions;
+
+  constructor(options: VirtioBlkDriverOptions = {}) {
+    this.#options = options;
+  }
+
+  /** The disk of a device this driver is bound to. */
+  disk(dev: VirtioBusDevice): VirtioBlkDisk {
+    if (dev.driver !== this || !(dev.driverData instanceof VirtioBlkDisk)) {
+      throw new BlkDriverError(
+        'NOT_BOUND',
+        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
+        dev.index,
+        dev.probeError === undefined ? undefined : { cause: dev.probeError },
+      );
+    }
+    return dev.driverData;
+  }
+
+  async probe(dev: VirtioBusDevice): Promise<void> {
+    const config = await readBlkConfig(dev);
+    const disk = new VirtioBlkDisk(dev, config);
+    const n = Math.min(config.numQueues, this.#options.maxQueues ?? 4);
+    const size = this.#options.queueSize;
+    const specs = Array.from({ length: n }, (_, i) => ({
+      name: `req.${i}`,
+      callback: (vq: Virtqueue) => {
+        disk._done(vq as Virtqueue<Request>);
+      },
+      ...(size === undefined ? {} : { size }),
+    }));
+    const vqs = await dev.findVqs(specs);
+    disk._setQueues(vqs.filter((v): v is Virtqueue => v !== null) as Virtqueue<Request>[]);
+    dev.driverData = disk;
+  }
+
+  async remove(dev: VirtioBusDevice): Promise<void> {
+    const disk = dev.driverData instanceof VirtioBlkDisk ? dev.driverData : undefined;
+    await dev.reset();
+    disk?._fail(new BlkDriverError('REMOVED', `${dev.name} was removed`, dev.index));
+    disk?._detachAll();
+    await dev.delVqs();
+  }
+
+  configChanged(dev: VirtioBusDevice): void {
+    const disk = dev.driverData instanceof VirtioBlkDisk ? dev.driverData : undefined;
+    if (disk === undefined) return;
+    void dev.readConfigU64(BLK_CONFIG_CAPACITY).then(
+      (capacity) => {
+        if (capacity <= BigInt(Math.floor(Number.MAX_SAFE_INTEGER / SECTOR_SIZE)))
+          disk._updateCapacity(Number(capacity));
+      },
+      () => undefined,
+    );
+  }
+}
+
+/** Reads and checks the configuration; throws BAD_CONFIG for values this driver cannot work with. */
+async function readBlkConfig(dev: VirtioBusDevice): Promise<BlkConfig> {
+  const bad = (what: string, value: unknown): BlkDriverError =>
+    new BlkDriverError('BAD_CONFIG', `${dev.name}: ${what}`, value);
+  const capacity = await dev.readConfigU64(BLK_CONFIG_CAPACITY);
+  if (capacity > BigInt(Math.floor(Number.MAX_SAFE_INTEGER / SECTOR_SIZE))) {
+    throw bad(`capacity ${capacity} sectors is beyond 2^53 bytes`, capacity);
+  }
+  const has = (bit: number) => dev.hasFeature(bit);
+  const blkSize = has(BlkFeature.VIRTIO_BLK_F_BLK_SIZE)
+    ? await dev.readConfigU32(BLK_CONFIG_BLK_SIZE)
+    : SECTOR_SIZE;
+  if (blkSize < SECTOR_SIZE || blkSize > 1 << 16 || (blkSize & (blkSize - 1)) !== 0) {
+    throw bad(`blk_size ${blkSize} is not a power of two from 512 to 64 KiB`, blkSize);
+  }
+  const segMax = has(BlkFeature.VIRTIO_BLK_F_SEG_MAX) ? await dev.readConfigU32(BLK_CONFIG_SEG_MAX) : 0;
+  if (has(BlkFeature.VIRTIO_BLK_F_SEG_MAX) && segMax === 0)
+    throw bad('seg_max is 0: no request could carry data', 0);
+  const sizeMax = has(BlkFeature.VIRTIO_BLK_F_SIZE_MAX) ? await dev.readConfigU32(BLK_CONFIG_SIZE_MAX) : 0;
+  if (has(BlkFeature.VIRTIO_BLK_F_SIZE_MAX) && sizeMax < SECTOR_SIZE) {
+    throw bad(`size_max ${sizeMax} cannot hold one sector`, sizeMax);
+  }
+  const numQueues = has(BlkFeature.VIRTIO_BLK_F_MQ) ? await dev.readConfigU16(BLK_CONFIG_NUM_QUEUES) : 1;
+  if (numQueues === 0) throw bad('num_queues is 0', 0);
+  let maxDiscardSectors = 0;
+  if (has(BlkFeature.VIRTIO_BLK_F_DISCARD)) {
+    const seg = await dev.readConfigU32(BLK_CONFIG_MAX_DISCARD_SEG);
+    maxDiscardSectors = seg === 0 ? 0 : await dev.readConfigU32(BLK_CONFIG_MAX_DISCARD_SECTORS);
+  }
+  let maxWriteZeroesSectors = 0;
+  if (has(BlkFeature.VIRTIO_BLK_F_WRITE_ZEROES)) {
+    const seg = await dev.readConfigU32(BLK_CONFIG_MAX_WRITE_ZEROES_SEG);
+    maxWriteZeroesSectors = seg === 0 ? 0 : await dev.readConfigU32(BLK_CONFIG_MAX_WRITE_ZEROES_SECTORS);
+  }
+  return {
+    capacity: Number(capacity),
+    blkSize,
+    segMax,
+    sizeMax,
+    numQueues,
+    readOnly: has(BlkFeature.VIRTIO_BLK_F_RO),
+    flush: has(BlkFeature.VIRTIO_BLK_F_FLUSH),
+    maxDiscardSectors,
+    maxWriteZeroesSectors,
+  };
+}
