@@ -1,14 +1,14 @@
 /**
  * Block I/O from a real guest: the UML guest's virtio_blk driver against `ringvm serve` (vhost-user-blk) and
- * against qemu-storage-daemon's vhost-user-blk export, on the same raw image, same guest, same commands.
+ * against qemu-storage-daemon's vhost-user-blk export, both attached to one guest boot, same commands.
  *
  * The guest runs busybox dd with O_DIRECT (so every block is a virtio request, not a page-cache hit in the
  * guest): 1 MiB sequential writes and reads, and 4 KiB writes and reads one at a time (queue depth 1). Each
- * phase is timed inside the guest from /proc/uptime (10 ms resolution; phases last seconds). Also reported:
- * the time from starting `ringvm serve` to its socket listening, and its resident memory after the run.
+ * phase alternates between the two disks, round after round, and is timed inside the guest (see guestScript).
+ * Also reported: the time from starting each server to its socket listening, and its resident memory after the run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, runUml, script } from '../test/guest/guest-harness.js';
@@ -31,7 +31,8 @@ function positiveInt(text: string | undefined): number | undefined {
 
 interface Phase {
   readonly name: string;
-  readonly command: string;
+  /** The guest command for block device `dev` (e.g. /dev/vda). */
+  readonly command: (dev: string) => string;
   /** Bytes moved, for throughput; ops for IOPS. */
   readonly bytes: number;
   readonly ops: number;
@@ -40,52 +41,70 @@ interface Phase {
 const PHASES: readonly Phase[] = [
   {
     name: '1 MiB sequential write',
-    command: `dd if=/dev/zero of=/dev/vda bs=1M count=${SEQ_MIB} oflag=direct`,
+    command: (dev) => `dd if=/dev/zero of=${dev} bs=1M count=${SEQ_MIB} oflag=direct`,
     bytes: SEQ_MIB << 20,
     ops: SEQ_MIB,
   },
   {
     name: '1 MiB sequential read',
-    command: `dd if=/dev/vda of=/dev/null bs=1M count=${SEQ_MIB} iflag=direct`,
+    command: (dev) => `dd if=${dev} of=/dev/null bs=1M count=${SEQ_MIB} iflag=direct`,
     bytes: SEQ_MIB << 20,
     ops: SEQ_MIB,
   },
   {
     name: '4 KiB write, QD1',
-    command: `dd if=/dev/zero of=/dev/vda bs=4k count=${SMALL_COUNT} oflag=direct`,
+    command: (dev) => `dd if=/dev/zero of=${dev} bs=4k count=${SMALL_COUNT} oflag=direct`,
     bytes: SMALL_COUNT * 4096,
     ops: SMALL_COUNT,
   },
   {
     name: '4 KiB read, QD1',
-    command: `dd if=/dev/vda of=/dev/null bs=4k count=${SMALL_COUNT} iflag=direct`,
+    command: (dev) => `dd if=${dev} of=/dev/null bs=4k count=${SMALL_COUNT} iflag=direct`,
     bytes: SMALL_COUNT * 4096,
     ops: SMALL_COUNT,
   },
 ];
 
 /**
- * One guest boot that runs every phase and prints `PHASE <i> <start> <end>` for each, in nanoseconds of the guest's
- * monotonic clock (the "now at" line of /proc/timer_list: /proc/uptime's 10 ms steps are too coarse for the 1 MiB
- * phases, which last about 100 ms).
+ * One guest boot with both disks attached: `ROUNDS` rounds of every phase on each disk, the disks alternating
+ * (and swapping order every round) so both see the same guest, the same moment and the same noise. Each run
+ * prints `PHASE <disk> <phase> <start> <end>` in nanoseconds of the guest's monotonic clock (the "now at" line
+ * of /proc/timer_list; /proc/uptime's 10 ms steps are too coarse for the 1 MiB phases). The disks are told
+ * apart by size (virtio_uml probes in no promised order): `sizes[k]` sectors is disk k.
  */
-function guestScript(): string {
-  const lines = [`t() { head -3 /proc/timer_list | sed -n 's/^now at \\([0-9]*\\) nsecs$/\\1/p'; }`];
-  PHASES.forEach((p, i) => {
-    lines.push(`a=$(t); ${p.command} 2>/dev/null || exit 10; b=$(t); echo "PHASE ${i} $a $b"`);
-  });
+function guestScript(sizes: readonly number[]): string {
+  const lines = [
+    `t() { head -3 /proc/timer_list | sed -n 's/^now at \\([0-9]*\\) nsecs$/\\1/p'; }`,
+    ...sizes.map(
+      (sectors, k) =>
+        `for d in /sys/block/vd*; do [ "$(cat $d/size)" = ${sectors} ] && D${k}=/dev/\${d##*/}; done; [ -n "$D${k}" ] || exit 11`,
+    ),
+  ];
+  for (let round = 0; round < ROUNDS; round++) {
+    PHASES.forEach((p, i) => {
+      const order = round % 2 === 0 ? sizes.map((_, k) => k) : sizes.map((_, k) => sizes.length - 1 - k);
+      for (const k of order) {
+        lines.push(
+          `a=$(t); ${p.command(`$D${k}`)} 2>/dev/null || exit 10; b=$(t); echo "PHASE ${k} ${i} $a $b"`,
+        );
+      }
+    });
+  }
   return lines.join('\n');
 }
 
-function parsePhases(stdout: string): number[] {
-  const seconds: number[] = [];
-  for (const m of stdout.matchAll(/^PHASE (\d+) ([\d.]+) ([\d.]+)$/gm)) {
-    seconds[Number(m[1])] = (Number(m[3]) - Number(m[2])) / 1e9;
+/** Best (shortest) seconds per phase for each disk. */
+function parsePhases(stdout: string, disks: number): number[][] {
+  const best: number[][] = Array.from({ length: disks }, () => PHASES.map(() => Infinity));
+  for (const m of stdout.matchAll(/^PHASE (\d+) (\d+) (\d+) (\d+)$/gm)) {
+    const row = best[Number(m[1])]!;
+    const phase = Number(m[2]);
+    row[phase] = Math.min(row[phase]!, (Number(m[4]) - Number(m[3])) / 1e9);
   }
-  if (seconds.length !== PHASES.length || seconds.some((s) => !(s > 0))) {
+  if (best.some((row) => row.some((s) => !(s > 0 && s < Infinity)))) {
     throw new Error(`the guest did not report every phase:\n${stdout}`);
   }
-  return seconds;
+  return best;
 }
 
 async function waitForPath(path: string, child: ChildProcess, timeoutMs: number): Promise<number> {
@@ -111,91 +130,91 @@ async function stop(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-interface ServerResult {
-  readonly seconds: number[];
+interface Server {
+  readonly child: ChildProcess;
+  readonly socket: string;
   readonly listenMs: number;
-  readonly rssKiB: number;
+  stderr(): string;
 }
 
-async function measure(name: string, argv: readonly string[], socket: string): Promise<ServerResult> {
+async function startServer(argv: readonly string[], socket: string): Promise<Server> {
   const [cmd, ...args] = argv;
   if (cmd === undefined) throw new Error('no command');
   const t0 = process.hrtime.bigint();
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  try {
-    await waitForPath(socket, child, 30_000);
-    const listenMs = Number(process.hrtime.bigint() - t0) / 1e6;
-    const r = await runUml(['--dev', `${socket}:2`, '--modules', 'virtio_blk', '--', guestScript()], 600_000);
-    if (r.code !== 0)
-      throw new Error(`${name}: guest failed (${r.code}):\n${r.stdout}\n${r.stderr}\n${stderr}`);
-    return { seconds: parsePhases(r.stdout), listenMs, rssKiB: rssKiB(child.pid ?? 0) };
-  } finally {
-    await stop(child);
-  }
-}
-
-function best(results: readonly ServerResult[]): ServerResult {
-  const first = results[0];
-  if (first === undefined) throw new Error('no results');
-  return {
-    seconds: first.seconds.map((_, i) => Math.min(...results.map((r) => r.seconds[i]!))),
-    listenMs: Math.min(...results.map((r) => r.listenMs)),
-    rssKiB: Math.max(...results.map((r) => r.rssKiB)),
-  };
+  await waitForPath(socket, child, 30_000);
+  return { child, socket, listenMs: Number(process.hrtime.bigint() - t0) / 1e6, stderr: () => stderr };
 }
 
 export async function runBlkUmlBench(): Promise<void> {
   const build = await run(script('build-uml'), [], 20 * 60_000);
   if (build.code !== 0) throw new Error(`build-uml failed:\n${build.stderr}`);
   const work = mkdtempSync(join(tmpdir(), 'ringvm-bench-blk-'));
+  const servers: Server[] = [];
   try {
-    const image = join(work, 'disk.img');
-    writeFileSync(image, new Uint8Array(IMAGE_MIB << 20)); // allocated, so both servers read real blocks
     const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
-    const ringvmSock = join(work, 'ringvm.sock');
-    const qsdSock = join(work, 'qsd.sock');
-    const ringvmArgv = [
+    const ringvmServe = (main: string, image: string, sock: string) => [
       process.execPath,
-      cli,
+      main,
       'serve',
       '--blockdev',
       `driver=file,node-name=d0,filename=${image}`,
       '--export',
-      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${ringvmSock},writable=on`,
+      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on`,
     ];
-    const qsdArgv = [
-      'qemu-storage-daemon',
-      '--blockdev',
-      `driver=file,node-name=d0,filename=${image}`,
-      '--export',
-      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${qsdSock},writable=on`,
+    const contenders: { name: string; argv: (image: string, sock: string) => string[] }[] = [
+      { name: 'ringvm', argv: (image, sock) => ringvmServe(cli, image, sock) },
+      {
+        name: 'qemu-sd',
+        argv: (image, sock) => [
+          'qemu-storage-daemon',
+          '--blockdev',
+          `driver=file,node-name=d0,filename=${image}`,
+          '--export',
+          `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on`,
+        ],
+      },
     ];
-    const baselineSock = join(work, 'baseline.sock');
-    const baselineArgv =
-      BASELINE_CLI === undefined
-        ? undefined
-        : ringvmArgv.map((a) => (a === cli ? BASELINE_CLI : a.replace(ringvmSock, baselineSock)));
-    // Alternate the servers and keep each one's best time per phase: the machine is shared and noisy.
-    const runs: { ringvm: ServerResult[]; qsd: ServerResult[]; baseline: ServerResult[] } = {
-      ringvm: [],
-      qsd: [],
-      baseline: [],
-    };
-    for (let i = 0; i < ROUNDS; i++) {
-      runs.ringvm.push(await measure('ringvm serve', ringvmArgv, ringvmSock));
-      runs.qsd.push(await measure('qemu-storage-daemon', qsdArgv, qsdSock));
-      if (baselineArgv !== undefined)
-        runs.baseline.push(await measure('ringvm serve (baseline)', baselineArgv, baselineSock));
+    if (BASELINE_CLI !== undefined) {
+      contenders.push({ name: 'baseline', argv: (image, sock) => ringvmServe(BASELINE_CLI, image, sock) });
     }
-    const ringvm = best(runs.ringvm);
-    const qsd = best(runs.qsd);
-    const baseline = baselineArgv === undefined ? undefined : best(runs.baseline);
-    console.log(
-      `\nUML guest block I/O (O_DIRECT dd) — ringvm serve vs qemu-storage-daemon, same image and guest, best of ${ROUNDS} each`,
+    // One image per server (allocated, so both read real blocks), of slightly different sizes so the guest can
+    // tell its disks apart.
+    const sizes = contenders.map((_, k) => (IMAGE_MIB + k) << 11);
+    for (const [k, c] of contenders.entries()) {
+      const image = join(work, `disk${k}.img`);
+      writeFileSync(image, new Uint8Array((IMAGE_MIB + k) << 20));
+      servers.push(await startServer(c.argv(image, join(work, `s${k}.sock`)), join(work, `s${k}.sock`)));
+    }
+    // Too long for the kernel command line: the guest runs it from a shared host directory.
+    const scriptDir = join(work, 'guest');
+    mkdirSync(scriptDir);
+    writeFileSync(join(scriptDir, 'bench.sh'), guestScript(sizes));
+    const r = await runUml(
+      [
+        ...servers.flatMap((s) => ['--dev', `${s.socket}:2`]),
+        '--modules',
+        'virtio_blk',
+        '--script',
+        join(scriptDir, 'bench.sh'),
+      ],
+      1_800_000,
     );
-    const extra = baseline === undefined ? '' : `  ${'baseline'.padStart(14)}  ${'vs base'.padStart(7)}`;
+    if (r.code !== 0) {
+      throw new Error(
+        `guest failed (${r.code}):\n${r.stdout}\n${r.stderr}\n${servers.map((s) => s.stderr()).join('\n')}`,
+      );
+    }
+    const best = parsePhases(r.stdout, contenders.length);
+    const rss = servers.map((s) => rssKiB(s.child.pid ?? 0));
+
+    console.log(
+      `\nUML guest block I/O (O_DIRECT dd): ringvm serve vs qemu-storage-daemon, one guest with both disks, ` +
+        `phases alternating between them, best of ${ROUNDS} each`,
+    );
+    const extra = BASELINE_CLI === undefined ? '' : `  ${'baseline'.padStart(14)}  ${'vs base'.padStart(7)}`;
     console.log(
       `${'phase'.padEnd(24)}  ${'ringvm'.padStart(14)}  ${'qemu-sd'.padStart(14)}  ${'ratio'.padStart(6)}${extra}`,
     );
@@ -204,19 +223,20 @@ export async function runBlkUmlBench(): Promise<void> {
         p.bytes >= p.ops * (1 << 20)
           ? `${(p.bytes / (1 << 20) / s).toFixed(1)} MiB/s`
           : `${Math.round(p.ops / s)} IOPS`;
-      const a = ringvm.seconds[i]!;
-      const b = qsd.seconds[i]!;
-      const c = baseline?.seconds[i];
+      const a = best[0]![i]!;
+      const b = best[1]![i]!;
+      const c = best[2]?.[i];
       const more = c === undefined ? '' : `  ${fmt(c).padStart(14)}  ${(c / a).toFixed(2).padStart(6)}×`;
       console.log(
         `${p.name.padEnd(24)}  ${fmt(a).padStart(14)}  ${fmt(b).padStart(14)}  ${(b / a).toFixed(2).padStart(5)}×${more}`,
       );
     });
     console.log(
-      `time to listening: ringvm ${ringvm.listenMs.toFixed(0)} ms, qemu-storage-daemon ${qsd.listenMs.toFixed(0)} ms; ` +
-        `RSS after the run: ringvm ${(ringvm.rssKiB / 1024).toFixed(1)} MiB, qemu-storage-daemon ${(qsd.rssKiB / 1024).toFixed(1)} MiB`,
+      `time to listening: ringvm ${servers[0]!.listenMs.toFixed(0)} ms, qemu-storage-daemon ${servers[1]!.listenMs.toFixed(0)} ms; ` +
+        `RSS after the run: ringvm ${(rss[0]! / 1024).toFixed(1)} MiB, qemu-storage-daemon ${(rss[1]! / 1024).toFixed(1)} MiB`,
     );
   } finally {
+    await Promise.all(servers.map((s) => stop(s.child)));
     rmSync(work, { recursive: true, force: true });
   }
 }
