@@ -4,6 +4,7 @@
  */
 import { runBlkUmlBench } from './blk-uml.js';
 import { RING_SCENARIOS, runRingBench } from './rings.js';
+import { runVhostBlkBench } from './vhost-blk.js';
 
 const ROUND_TRIP_TARGET = 2e6;
 const POP_PUSH_TARGET = 5e6;
@@ -14,6 +15,10 @@ function mega(n: number): string {
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  if (process.argv.includes('--vhost-only')) {
+    await runVhostBlkBench({ quick });
+    return;
+  }
   if (process.argv.includes('--blk-only')) {
     await runBlkUmlBench();
     return;
@@ -41,7 +46,10 @@ async function main(): Promise<void> {
     `\n1-descriptor targets: round trips ${mega(worstRoundTrip)} vs ${mega(ROUND_TRIP_TARGET)} → ${(worstRoundTrip / ROUND_TRIP_TARGET).toFixed(2)}×; ` +
       `pop+push ${mega(worstPopPush)} vs ${mega(POP_PUSH_TARGET)} → ${(worstPopPush / POP_PUSH_TARGET).toFixed(2)}×`,
   );
-  if (!process.argv.includes('--rings-only')) await runBlkUmlBench();
+  if (!process.argv.includes('--rings-only')) {
+    await runBlkUmlBench();
+    await runVhostBlkBench({ quick });
+  }
 }
 
 await main();

@@ -607,7 +607,9 @@ async function readBlkConfig(dev: VirtioBusDevice): Promise<BlkConfig> {
   if (has(BlkFeature.VIRTIO_BLK_F_SEG_MAX) && segMax === 0)
     throw bad('seg_max is 0: no request could carry data', 0);
   const sizeMax = has(BlkFeature.VIRTIO_BLK_F_SIZE_MAX) ? await dev.readConfigU32(BLK_CONFIG_SIZE_MAX) : 0;
-  if (has(BlkFeature.VIRTIO_BLK_F_SIZE_MAX) && sizeMax < SECTOR_SIZE) {
+  // qemu-storage-daemon 7.2 offers SIZE_MAX with size_max = 0; Linux reads that as "no limit" (it then uses its
+  // own maximum segment size), and so does this driver. A non-zero limit below one sector cannot be served.
+  if (has(BlkFeature.VIRTIO_BLK_F_SIZE_MAX) && sizeMax !== 0 && sizeMax < SECTOR_SIZE) {
     throw bad(`size_max ${sizeMax} cannot hold one sector`, sizeMax);
   }
   const numQueues = has(BlkFeature.VIRTIO_BLK_F_MQ) ? await dev.readConfigU16(BLK_CONFIG_NUM_QUEUES) : 1;
