@@ -22,6 +22,7 @@
  * Errors are {@link BalloonDriverError} with `code`: INVALID_ARGUMENT (thrown before anything is sent),
  * QUEUE_BROKEN, REMOVED, NOT_BOUND, BAD_CONFIG (a target beyond guest memory is clamped, never refused).
  */
+import { DriverError, boundData } from '../driver-error.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
@@ -61,16 +62,7 @@ export const BALLOON_STAT_SIZE = 10;
 export type BalloonDriverErrorCode =
   'INVALID_ARGUMENT' | 'QUEUE_BROKEN' | 'REMOVED' | 'NOT_BOUND' | 'BAD_CONFIG';
 
-export class BalloonDriverError extends Error {
-  readonly code: BalloonDriverErrorCode;
-  readonly value: unknown;
-  constructor(code: BalloonDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'BalloonDriverError';
-    this.code = code;
-    this.value = value;
-  }
-}
+export class BalloonDriverError extends DriverError<BalloonDriverErrorCode> {}
 
 /** A statistic as sent to the device. */
 export interface BalloonStat {
@@ -386,15 +378,12 @@ export class VirtioBalloonDriver implements VirtioDriver {
 
   /** The balloon of a device this driver is bound to. */
   balloon(dev: VirtioBusDevice): VirtioBalloon {
-    if (dev.driver !== this || !(dev.driverData instanceof VirtioBalloon)) {
-      throw new BalloonDriverError(
-        'NOT_BOUND',
-        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
-        dev.index,
-        dev.probeError === undefined ? undefined : { cause: dev.probeError },
-      );
-    }
-    return dev.driverData;
+    return boundData(
+      dev,
+      this,
+      VirtioBalloon,
+      (message, options) => new BalloonDriverError('NOT_BOUND', message, dev.index, options),
+    );
   }
 
   async probe(dev: VirtioBusDevice): Promise<void> {

@@ -26,6 +26,7 @@
  * The wire layout comes from src/devices/blk/blk-layout.ts (pure constants, shared with the device model; see
  * docs/drivers.md for the proposal to move it to the spec core).
  */
+import { DriverError, boundData } from '../driver-error.js';
 import {
   BLK_CONFIG_BLK_SIZE,
   BLK_CONFIG_CAPACITY,
@@ -73,16 +74,7 @@ export type BlkDriverErrorCode =
   | 'REMOVED'
   | 'NOT_BOUND';
 
-export class BlkDriverError extends Error {
-  readonly code: BlkDriverErrorCode;
-  readonly value: unknown;
-  constructor(code: BlkDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'BlkDriverError';
-    this.code = code;
-    this.value = value;
-  }
-}
+export class BlkDriverError extends DriverError<BlkDriverErrorCode> {}
 
 /** What probe read from the device configuration (sizes in bytes unless named sectors). */
 export interface BlkConfig {
@@ -539,15 +531,12 @@ export class VirtioBlkDriver implements VirtioDriver {
 
   /** The disk of a device this driver is bound to. */
   disk(dev: VirtioBusDevice): VirtioBlkDisk {
-    if (dev.driver !== this || !(dev.driverData instanceof VirtioBlkDisk)) {
-      throw new BlkDriverError(
-        'NOT_BOUND',
-        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
-        dev.index,
-        dev.probeError === undefined ? undefined : { cause: dev.probeError },
-      );
-    }
-    return dev.driverData;
+    return boundData(
+      dev,
+      this,
+      VirtioBlkDisk,
+      (message, options) => new BlkDriverError('NOT_BOUND', message, dev.index, options),
+    );
   }
 
   async probe(dev: VirtioBusDevice): Promise<void> {

@@ -32,6 +32,7 @@
  * one buffer per transmit piece (at most {@link VirtioConsoleDriverOptions.txChunkSize}) come from the
  * transport's allocator; control messages likewise. The wire layout comes from src/devices/console/console-layout.ts.
  */
+import { DriverError, boundData } from '../driver-error.js';
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import {
@@ -81,16 +82,7 @@ export type ConsoleDriverErrorCode =
   | 'TIMEOUT'
   | 'INVALID_ARGUMENT';
 
-export class ConsoleDriverError extends Error {
-  readonly code: ConsoleDriverErrorCode;
-  readonly value: unknown;
-  constructor(code: ConsoleDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'ConsoleDriverError';
-    this.code = code;
-    this.value = value;
-  }
-}
+export class ConsoleDriverError extends DriverError<ConsoleDriverErrorCode> {}
 
 export interface VirtioConsoleDriverOptions {
   /** Bytes per receive buffer (default {@link CONSOLE_DEFAULT_RX_BUFFER}). */
@@ -779,15 +771,12 @@ export class VirtioConsoleDriver implements VirtioDriver {
 
   /** The console of a device this driver is bound to. */
   console(dev: VirtioBusDevice): VirtioConsole {
-    if (dev.driver !== this || !(dev.driverData instanceof VirtioConsole)) {
-      throw new ConsoleDriverError(
-        'NOT_BOUND',
-        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
-        dev.index,
-        dev.probeError === undefined ? undefined : { cause: dev.probeError },
-      );
-    }
-    return dev.driverData;
+    return boundData(
+      dev,
+      this,
+      VirtioConsole,
+      (message, options) => new ConsoleDriverError('NOT_BOUND', message, dev.index, options),
+    );
   }
 
   async probe(dev: VirtioBusDevice): Promise<void> {

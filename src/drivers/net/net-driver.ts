@@ -29,6 +29,7 @@
  * Offloads: QEMU offers CSUM/GSO only when the netdev peer takes a vnet header (tap); the stream netdev of the
  * tests does not, so the offload header paths are checked by header contents only (`fillNetHeader`).
  */
+import { DriverError, boundData } from '../driver-error.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
@@ -84,16 +85,7 @@ export const NET_MAX_FRAME = 65535;
 export type NetDriverErrorCode =
   'INVALID_ARGUMENT' | 'UNSUPPORTED' | 'QUEUE_BROKEN' | 'REMOVED' | 'NOT_BOUND' | 'BAD_CONFIG' | 'BAD_FRAME';
 
-export class NetDriverError extends Error {
-  readonly code: NetDriverErrorCode;
-  readonly value: unknown;
-  constructor(code: NetDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'NetDriverError';
-    this.code = code;
-    this.value = value;
-  }
-}
+export class NetDriverError extends DriverError<NetDriverErrorCode> {}
 
 /** What the caller asks the device to do for a frame (Linux: skb->ip_summed == CHECKSUM_PARTIAL, skb_is_gso). */
 export interface NetTxOffload {
@@ -554,15 +546,12 @@ export class VirtioNetDriver implements VirtioDriver {
 
   /** The interface of a device this driver is bound to. */
   net(dev: VirtioBusDevice): VirtioNetInterface {
-    if (dev.driver !== this || !(dev.driverData instanceof VirtioNetInterface)) {
-      throw new NetDriverError(
-        'NOT_BOUND',
-        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
-        dev.index,
-        dev.probeError === undefined ? undefined : { cause: dev.probeError },
-      );
-    }
-    return dev.driverData;
+    return boundData(
+      dev,
+      this,
+      VirtioNetInterface,
+      (message, options) => new NetDriverError('NOT_BOUND', message, dev.index, options),
+    );
   }
 
   validate(dev: VirtioBusDevice): void {

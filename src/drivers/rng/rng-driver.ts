@@ -15,6 +15,7 @@
  * QUEUE_BROKEN (the device returned a bad used element), REMOVED (the device was removed with reads pending, or
  * is used afterwards), NOT_BOUND.
  */
+import { DriverError, boundData } from '../driver-error.js';
 import { VIRTIO_ID_RNG } from '../../devices/rng/rng-device.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
@@ -30,16 +31,7 @@ export const RNG_MAX_READ = 1 << 30;
 
 export type RngDriverErrorCode = 'INVALID_ARGUMENT' | 'QUEUE_BROKEN' | 'REMOVED' | 'NOT_BOUND';
 
-export class RngDriverError extends Error {
-  readonly code: RngDriverErrorCode;
-  readonly value: unknown;
-  constructor(code: RngDriverErrorCode, message: string, value: unknown, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'RngDriverError';
-    this.code = code;
-    this.value = value;
-  }
-}
+export class RngDriverError extends DriverError<RngDriverErrorCode> {}
 
 export interface VirtioRngDriverOptions {
   /** Largest buffer of one request in bytes (default {@link RNG_DEFAULT_CHUNK}). */
@@ -267,15 +259,12 @@ export class VirtioRngDriver implements VirtioDriver {
 
   /** The random source of a device this driver is bound to. */
   source(dev: VirtioBusDevice): VirtioRngSource {
-    if (dev.driver !== this || !(dev.driverData instanceof VirtioRngSource)) {
-      throw new RngDriverError(
-        'NOT_BOUND',
-        `${dev.name} is not bound to ${this.name}${dev.probeError === undefined ? '' : `: ${dev.probeError.message}`}`,
-        dev.index,
-        dev.probeError === undefined ? undefined : { cause: dev.probeError },
-      );
-    }
-    return dev.driverData;
+    return boundData(
+      dev,
+      this,
+      VirtioRngSource,
+      (message, options) => new RngDriverError('NOT_BOUND', message, dev.index, options),
+    );
   }
 
   /** Exactly `n` random bytes from the first bound device (Linux's current hwrng). */
