@@ -28,3 +28,8 @@ export function boundData<T>(
     cause === undefined ? undefined : { cause },
   );
 }
+
+/** The message of a QUEUE_BROKEN error: which device and queue, and why the queue broke when that is known. */
+export function queueBrokenMessage(dev: VirtioBusDevice, queueName: string, cause: unknown): string {
+  return `${dev.name}: queue ${queueName} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`;
+}

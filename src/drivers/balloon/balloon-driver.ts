@@ -22,7 +22,7 @@
  * Errors are {@link BalloonDriverError} with `code`: INVALID_ARGUMENT (thrown before anything is sent),
  * QUEUE_BROKEN, REMOVED, NOT_BOUND, BAD_CONFIG (a target beyond guest memory is clamped, never refused).
  */
-import { DriverError, boundData } from '../driver-error.js';
+import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
@@ -326,12 +326,9 @@ export class VirtioBalloon {
   }
 
   #brokenError(vq: Virtqueue<Waiter>, cause: unknown = vq.brokenReason): BalloonDriverError {
-    return new BalloonDriverError(
-      'QUEUE_BROKEN',
-      `${this.dev.name}: queue ${vq.name} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      vq.index,
-      { cause },
-    );
+    return new BalloonDriverError('QUEUE_BROKEN', queueBrokenMessage(this.dev, vq.name, cause), vq.index, {
+      cause,
+    });
   }
 
   #checkLive(): void {

@@ -26,7 +26,7 @@
  * The wire layout comes from src/devices/blk/blk-layout.ts (pure constants, shared with the device model; see
  * docs/drivers.md for the proposal to move it to the spec core).
  */
-import { DriverError, boundData } from '../driver-error.js';
+import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import {
   BLK_CONFIG_BLK_SIZE,
   BLK_CONFIG_CAPACITY,
@@ -463,12 +463,9 @@ export class VirtioBlkDisk {
   }
 
   #brokenError(q: QueueState, cause: unknown = q.vq.brokenReason): BlkDriverError {
-    return new BlkDriverError(
-      'QUEUE_BROKEN',
-      `${this.dev.name}: queue ${q.vq.name} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      q.vq.index,
-      { cause },
-    );
+    return new BlkDriverError('QUEUE_BROKEN', queueBrokenMessage(this.dev, q.vq.name, cause), q.vq.index, {
+      cause,
+    });
   }
 
   #checkLive(): void {

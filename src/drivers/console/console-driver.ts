@@ -32,7 +32,7 @@
  * one buffer per transmit piece (at most {@link VirtioConsoleDriverOptions.txChunkSize}) come from the
  * transport's allocator; control messages likewise. The wire layout comes from src/devices/console/console-layout.ts.
  */
-import { DriverError, boundData } from '../driver-error.js';
+import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import {
@@ -717,12 +717,9 @@ export class VirtioConsole extends EventEmitter {
   }
 
   #brokenError(vq: Virtqueue, cause: unknown): ConsoleDriverError {
-    return new ConsoleDriverError(
-      'QUEUE_BROKEN',
-      `${this.dev.name}: queue ${vq.name} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      vq.index,
-      { cause },
-    );
+    return new ConsoleDriverError('QUEUE_BROKEN', queueBrokenMessage(this.dev, vq.name, cause), vq.index, {
+      cause,
+    });
   }
 
   #byName(name: string): ConsolePortState | undefined {

@@ -29,7 +29,7 @@
  * Offloads: QEMU offers CSUM/GSO only when the netdev peer takes a vnet header (tap); the stream netdev of the
  * tests does not, so the offload header paths are checked by header contents only (`fillNetHeader`).
  */
-import { DriverError, boundData } from '../driver-error.js';
+import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
@@ -476,12 +476,9 @@ export class VirtioNetInterface {
   }
 
   #brokenError(vq: Virtqueue, cause: unknown = vq.brokenReason): NetDriverError {
-    return new NetDriverError(
-      'QUEUE_BROKEN',
-      `${this.dev.name}: queue ${vq.name} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
-      vq.index,
-      { cause },
-    );
+    return new NetDriverError('QUEUE_BROKEN', queueBrokenMessage(this.dev, vq.name, cause), vq.index, {
+      cause,
+    });
   }
 
   #checkLive(): void {

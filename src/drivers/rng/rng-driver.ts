@@ -15,7 +15,7 @@
  * QUEUE_BROKEN (the device returned a bad used element), REMOVED (the device was removed with reads pending, or
  * is used afterwards), NOT_BOUND.
  */
-import { DriverError, boundData } from '../driver-error.js';
+import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import { VIRTIO_ID_RNG } from '../../devices/rng/rng-device.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
@@ -225,7 +225,7 @@ export class VirtioRngSource {
   #brokenError(cause: unknown): RngDriverError {
     return new RngDriverError(
       'QUEUE_BROKEN',
-      `${this.dev.name}: queue ${this.#vq?.name ?? 'requestq'} is broken${cause instanceof Error ? `: ${cause.message}` : ''}`,
+      queueBrokenMessage(this.dev, this.#vq?.name ?? 'requestq', cause),
       0,
       { cause },
     );

@@ -38,7 +38,6 @@ import type { InterruptSink, VirtioDevice } from '../../virtio/device/virtio-dev
 import type { VirtioConfigOps, VirtqueueSpec } from '../../virtio/driver/config-ops.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
 import { UsageError, type VirtioError } from '../../virtio/errors.js';
-import { VirtioFeature, hasFeature } from '../../virtio/features.js';
 import { GuestAllocator } from '../../virtio/guest-allocator.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { isValidSplitQueueSize, type SplitQueueAddresses } from '../../virtio/split/layout.js';
@@ -203,12 +202,10 @@ export class LoopbackTransport implements VirtioConfigOps {
           specs.length,
         );
       }
-      const eventIdx = hasFeature(features, VirtioFeature.VIRTIO_F_EVENT_IDX);
-      const indirect = hasFeature(features, VirtioFeature.VIRTIO_F_INDIRECT_DESC);
       const made: (LiveQueue | null)[] = [];
       try {
         specs.forEach((spec, index) => {
-          made.push(spec === null ? null : this.#setupQueue(index, spec, eventIdx, indirect));
+          made.push(spec === null ? null : this.#setupQueue(index, spec, features));
         });
       } catch (e) {
         // Undo: the queues set up so far go back to unconfigured, their rings to the allocator.
@@ -249,7 +246,7 @@ export class LoopbackTransport implements VirtioConfigOps {
 
   // ---- internals ----
 
-  #setupQueue(index: number, spec: VirtqueueSpec, eventIdx: boolean, indirect: boolean): LiveQueue {
+  #setupQueue(index: number, spec: VirtqueueSpec, features: bigint): LiveQueue {
     const queue = this.controller.queue(index);
     if (queue === undefined) {
       throw new UsageError(
@@ -280,19 +277,16 @@ export class LoopbackTransport implements VirtioConfigOps {
       );
     }
     const pending = this.#pending;
-    const vq = new SplitVirtqueue<unknown>({
+    const vq = SplitVirtqueue.forSpec(spec, {
       index,
-      name: spec.name,
       memory: this.memory,
+      allocator: this.allocator,
       size,
       addresses,
-      eventIdx,
-      indirect,
-      allocator: this.allocator,
+      features,
       notify: () => {
         this.#kick(index, pending);
       },
-      ...(spec.callback === undefined ? {} : { callback: spec.callback }),
     });
     return { vq, addresses };
   }

@@ -34,7 +34,6 @@
  */
 import type { VirtioConfigOps, VirtqueueSpec } from '../../virtio/driver/config-ops.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
-import { VirtioFeature, hasFeature } from '../../virtio/features.js';
 import type { GuestAllocator } from '../../virtio/guest-allocator.js';
 import type { GuestMemory } from '../../virtio/guest-memory.js';
 import { isValidSplitQueueSize, type SplitQueueAddresses } from '../../virtio/split/layout.js';
@@ -494,8 +493,6 @@ export class VirtioPciModernTransport implements VirtioConfigOps {
         if (got !== 0)
           throw this.#queueError(`the device refused MSI-X vector 0 for config changes (${got})`, -1);
       }
-      const eventIdx = hasFeature(features, VirtioFeature.VIRTIO_F_EVENT_IDX);
-      const indirect = hasFeature(features, VirtioFeature.VIRTIO_F_INDIRECT_DESC);
       const made: (LiveQueue | null)[] = [];
       try {
         for (let index = 0; index < specs.length; index++) {
@@ -508,7 +505,7 @@ export class VirtioPciModernTransport implements VirtioConfigOps {
             throw this.#queueError(`the device has ${numQueues} queues, ${wanted} asked`, index);
           }
           const vector = msix === undefined ? VIRTIO_MSI_NO_VECTOR : perQueue ? 1 + index : 1;
-          made.push(await this.#setupQueue(index, spec, vector, eventIdx, indirect));
+          made.push(await this.#setupQueue(index, spec, vector, features));
         }
       } catch (e) {
         for (const q of made) if (q !== null) this.#release(q);
@@ -557,8 +554,7 @@ export class VirtioPciModernTransport implements VirtioConfigOps {
     index: number,
     spec: VirtqueueSpec,
     vector: number,
-    eventIdx: boolean,
-    indirect: boolean,
+    features: bigint,
   ): Promise<LiveQueue> {
     const c = this.#common;
     await c.w16(CommonCfg.QUEUE_SELECT, index);
@@ -600,19 +596,16 @@ export class VirtioPciModernTransport implements VirtioConfigOps {
         throw this.#queueError(`queue ${index}: queue_enable did not stick`, index);
       }
       const notifyWindow = this.#notify;
-      const vq = new SplitVirtqueue<unknown>({
+      const vq = SplitVirtqueue.forSpec(spec, {
         index,
-        name: spec.name,
         memory: this.memory,
+        allocator: this.allocator,
         size,
         addresses,
-        eventIdx,
-        indirect,
-        allocator: this.allocator,
+        features,
         notify: () => {
           this.#kick(notifyWindow, notifyOffset, index);
         },
-        ...(spec.callback === undefined ? {} : { callback: spec.callback }),
       });
       return { vq, addresses, vector };
     } catch (e) {

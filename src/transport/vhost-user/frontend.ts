@@ -46,7 +46,6 @@ import {
 } from '../../sys/index.js';
 import type { VirtioConfigOps, VirtqueueSpec } from '../../virtio/driver/config-ops.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
-import { VirtioFeature, hasFeature } from '../../virtio/features.js';
 import { GuestAllocator } from '../../virtio/guest-allocator.js';
 import { GuestMemory } from '../../virtio/guest-memory.js';
 import { isValidSplitQueueSize, type SplitQueueAddresses } from '../../virtio/split/layout.js';
@@ -348,8 +347,6 @@ export class VhostUserFrontend implements VirtioConfigOps {
         0,
       );
     }
-    const eventIdx = hasFeature(features, VirtioFeature.VIRTIO_F_EVENT_IDX);
-    const indirect = hasFeature(features, VirtioFeature.VIRTIO_F_INDIRECT_DESC);
     const made: (LiveQueue | null)[] = [];
     try {
       await this.#set(
@@ -373,7 +370,7 @@ export class VhostUserFrontend implements VirtioConfigOps {
         if (index >= this.queueNum) {
           throw this.#queueError(`the back end has ${this.queueNum} queues; queue ${index} was asked`, index);
         }
-        made.push(await this.#setupQueue(index, spec, eventIdx, indirect));
+        made.push(await this.#setupQueue(index, spec, features));
       }
       if ((this.backendFeatures & PROTOCOL_FEATURES_BIT) !== 0n) {
         for (const q of made) {
@@ -434,12 +431,7 @@ export class VhostUserFrontend implements VirtioConfigOps {
 
   // ---- internals ----
 
-  async #setupQueue(
-    index: number,
-    spec: VirtqueueSpec,
-    eventIdx: boolean,
-    indirect: boolean,
-  ): Promise<LiveQueue> {
+  async #setupQueue(index: number, spec: VirtqueueSpec, features: bigint): Promise<LiveQueue> {
     const size = spec.size ?? this.#queueSize;
     if (!isValidSplitQueueSize(size)) {
       throw this.#queueError(`queue ${index} size ${size} is not a power of two ≤ 32768`, index);
@@ -451,20 +443,17 @@ export class VhostUserFrontend implements VirtioConfigOps {
       kickFd = eventfd(0, { nonBlocking: true });
       callFd = eventfd(0, { nonBlocking: true });
       const kick = kickFd;
-      const vq = new SplitVirtqueue<unknown>({
+      const vq = SplitVirtqueue.forSpec(spec, {
         index,
-        name: spec.name,
         memory: this.memory,
+        allocator: this.allocator,
         size,
         addresses,
-        eventIdx,
-        indirect,
-        allocator: this.allocator,
+        features,
         notify: () => {
           this.stats.kicks++;
           eventfdWrite(kick, 1);
         },
-        ...(spec.callback === undefined ? {} : { callback: spec.callback }),
       });
       const q: LiveQueue = { vq, spec, addresses, kickFd, callFd, watch: undefined };
       const call = callFd;

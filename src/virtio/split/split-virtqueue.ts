@@ -24,7 +24,9 @@ import { UsageError, hex } from '../errors.js';
 import type { GuestAllocator } from '../guest-allocator.js';
 import type { GuestMemory } from '../guest-memory.js';
 import { needEvent } from '../ring-index.js';
+import type { VirtqueueSpec } from '../driver/config-ops.js';
 import type { ScatterEntry, UsedBuffer, Virtqueue } from '../driver/virtqueue.js';
+import { VirtioFeature, hasFeature } from '../features.js';
 import {
   AVAIL_FLAGS_OFFSET,
   AVAIL_IDX_OFFSET,
@@ -204,6 +206,36 @@ export class SplitVirtqueue<T = unknown> implements Virtqueue<T> {
   /** Frees a ring block made by {@link SplitVirtqueue.allocate}. */
   static release(allocator: GuestAllocator, addresses: SplitQueueAddresses): void {
     allocator.free(addresses.descTable);
+  }
+
+  /**
+   * The queue a transport's findVqs makes for `spec` (name, callback) on rings it has set up: EVENT_IDX and
+   * INDIRECT_DESC use follow the negotiated `features`, and `notify` is the transport's kick.
+   */
+  static forSpec(
+    spec: VirtqueueSpec,
+    ring: {
+      readonly index: number;
+      readonly memory: GuestMemory;
+      readonly allocator: GuestAllocator;
+      readonly size: number;
+      readonly addresses: SplitQueueAddresses;
+      readonly features: bigint;
+      readonly notify: () => void;
+    },
+  ): SplitVirtqueue {
+    return new SplitVirtqueue<unknown>({
+      index: ring.index,
+      name: spec.name,
+      memory: ring.memory,
+      size: ring.size,
+      addresses: ring.addresses,
+      eventIdx: hasFeature(ring.features, VirtioFeature.VIRTIO_F_EVENT_IDX),
+      indirect: hasFeature(ring.features, VirtioFeature.VIRTIO_F_INDIRECT_DESC),
+      allocator: ring.allocator,
+      notify: ring.notify,
+      ...(spec.callback === undefined ? {} : { callback: spec.callback }),
+    });
   }
 
   constructor(options: SplitVirtqueueOptions<T>) {
