@@ -33,54 +33,26 @@ import { DriverError, boundData, queueBrokenMessage } from '../driver-error.js';
 import type { VirtioBusDevice } from '../../virtio/driver/virtio-bus-device.js';
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../virtio/driver/virtio-driver.js';
 import type { Virtqueue } from '../../virtio/driver/virtqueue.js';
+import {
+  ETH_HEADER_SIZE,
+  NET_CONFIG_MAC,
+  NET_CONFIG_STATUS,
+  NET_GOOD_PACKET_LEN,
+  NET_HDR_SIZE,
+  NET_MAX_FRAME,
+  NetFeature,
+  NetGsoType,
+  NetHdr,
+  VIRTIO_ID_NET,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_S_LINK_UP,
+} from '../../devices/net/net-layout.js';
 import { UsageError } from '../../virtio/errors.js';
 import type { GuestAllocator } from '../../virtio/guest-allocator.js';
 import type { GuestMemory } from '../../virtio/guest-memory.js';
 
-export const VIRTIO_ID_NET = 1;
-
-export const NetFeature = {
-  VIRTIO_NET_F_CSUM: 0,
-  VIRTIO_NET_F_GUEST_CSUM: 1,
-  VIRTIO_NET_F_MTU: 3,
-  VIRTIO_NET_F_MAC: 5,
-  VIRTIO_NET_F_HOST_TSO4: 11,
-  VIRTIO_NET_F_HOST_TSO6: 12,
-  VIRTIO_NET_F_HOST_ECN: 13,
-  VIRTIO_NET_F_MRG_RXBUF: 15,
-  VIRTIO_NET_F_STATUS: 16,
-  VIRTIO_NET_F_CTRL_VQ: 17,
-  VIRTIO_NET_F_MQ: 22,
-  VIRTIO_NET_F_HOST_USO: 56,
-} as const;
-
-/** `struct virtio_net_config` offsets. */
-export const NET_CONFIG_MAC = 0;
-export const NET_CONFIG_STATUS = 6;
-export const NET_CONFIG_MTU = 10;
-export const VIRTIO_NET_S_LINK_UP = 1;
-
-/** `struct virtio_net_hdr_mrg_rxbuf` (VERSION_1 always uses it): 12 bytes. */
-export const NET_HDR_SIZE = 12;
-export const NetHdr = {
-  FLAGS: 0,
-  GSO_TYPE: 1,
-  HDR_LEN: 2,
-  GSO_SIZE: 4,
-  CSUM_START: 6,
-  CSUM_OFFSET: 8,
-  NUM_BUFFERS: 10,
-} as const;
-export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
-export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
-export const NetGsoType = { NONE: 0, TCPV4: 1, UDP: 3, TCPV6: 4, UDP_L4: 5, ECN: 0x80 } as const;
-
-/** Ethernet header + VLAN tag + 1500-byte payload (Linux GOOD_PACKET_LEN). */
-export const NET_GOOD_PACKET_LEN = 14 + 4 + 1500;
 /** Smallest frame `send` accepts (an Ethernet header). */
-export const NET_MIN_FRAME = 14;
-/** Largest frame `send` accepts without GSO. */
-export const NET_MAX_FRAME = 65535;
+export const NET_MIN_FRAME = ETH_HEADER_SIZE;
 
 export type NetDriverErrorCode =
   'INVALID_ARGUMENT' | 'UNSUPPORTED' | 'QUEUE_BROKEN' | 'REMOVED' | 'NOT_BOUND' | 'BAD_CONFIG' | 'BAD_FRAME';

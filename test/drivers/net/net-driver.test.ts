@@ -8,10 +8,12 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
   NET_HDR_SIZE,
-  NetDriverError,
   NetFeature,
   NetGsoType,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
+} from '../../../src/devices/net/net-layout.js';
+import {
+  NetDriverError,
   VirtioNetDriver,
   fillNetHeader,
   type VirtioNetInterface,
