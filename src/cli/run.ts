@@ -396,6 +396,8 @@ interface GuestLaunch {
   readonly args: readonly string[];
   /** For messages: `linux.uml`, `qemu-system-x86_64`. */
   readonly name: string;
+  /** Variables added to this process's environment for the engine. */
+  readonly env?: Readonly<Record<string, string>>;
   /**
    * Interactive console output needs `\r\n` added: UML puts the terminal in raw mode (no output processing)
    * while the guest console sends `\n`; QEMU's stdio keeps the terminal's output processing (OPOST).
@@ -437,10 +439,13 @@ function prepareGuest(plan: RunPlan, tmp: string, io: RunIo): GuestLaunch {
     root = runScript(scripts, 'build-uml', 'pipe');
     if (g.verbose) io.err(`ringvm: guest root ${root}\n`);
   }
+  // linux.uml runs with the XSAVE shim preloaded (scripts/guest/uml-xstate-preload.c explains why).
+  const preload = runScript(scripts, 'build-uml-preload', 'pipe');
   return {
     file: g.kernel ?? 'linux.uml',
     args: umlCommandLine(plan, root, join(tmp, 'uml')),
     name: 'linux.uml',
+    env: { LD_PRELOAD: preload },
     crlf: true,
   };
 }
@@ -522,6 +527,7 @@ async function boot(plan: RunPlan, launch: GuestLaunch, io: RunIo): Promise<numb
       // Ctrl-C goes to the guest).
       stdio: [interactive ? 'inherit' : 'ignore', 'pipe', 'pipe'],
       detached: !interactive,
+      env: { ...process.env, ...launch.env },
     });
     const filter = new GuestConsoleFilter({
       out: (s) => {
