@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 /**
  * The `ringvm` command: `serve` (devices on vhost-user sockets), `run` (a UML or QEMU guest with ringvm's devices),
- * `--version`, `--help`. `img` and `qmp` arrive with the qcow2 and monitor work. See docs/cli.md.
+ * `img` (create, inspect, convert disk images: the qemu-img of ringvm), `--version`, `--help`. See docs/cli.md.
  */
 import { realpathSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { pathToFileURL } from 'node:url';
 import { CliUsageError } from './cli-error.js';
+import { runImg } from './img/img.js';
 import { ringvmPackage } from './package-root.js';
 import { runRun } from './run.js';
 import { runServe } from './serve.js';
@@ -18,6 +20,8 @@ Usage:
   ringvm run [OPTIONS] [--] [COMMAND...]   boot a guest (UML, or QEMU: --engine qemu) with ringvm devices;
                                            run COMMAND or a shell
   ringvm serve OPTIONS                     serve devices on vhost-user sockets until Ctrl-C / SIGTERM
+  ringvm img COMMAND ...                   create, inspect, check, convert, resize, map raw and qcow2
+                                           images (qemu-img's options)
   ringvm COMMAND --help                    the options of a command
   ringvm --version                         print the version
   ringvm --help                            print this help
@@ -34,11 +38,20 @@ Benchmarks:
   npm run bench           split-ring round trips and device pop+push rates (loopback transport)
 `;
 
+/** What main needs to know of its terminal (for `ringvm img convert -p`). */
+export interface MainTerminal {
+  /** stderr is a terminal. */
+  readonly errIsTTY?: boolean;
+  /** stderr's width. */
+  readonly columns?: number;
+}
+
 /** Runs the command line; resolves with the exit status. */
 export async function main(
   argv: readonly string[],
   out: (s: string) => void,
   err: (s: string) => void,
+  terminal: MainTerminal = {},
 ): Promise<number> {
   const [first, ...rest] = argv;
   try {
@@ -54,6 +67,7 @@ export async function main(
     }
     if (first === 'serve') return await runServe(rest, { out, err });
     if (first === 'run') return await runRun(rest, { out, err });
+    if (first === 'img') return await runImg(rest, { out, err, ...terminal });
     throw new CliUsageError(
       first.startsWith('-') ? `unknown option '${first}'` : `unknown command '${first}'`,
       first,
@@ -73,6 +87,10 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathS
     process.argv.slice(2),
     (s) => process.stdout.write(s),
     (s) => process.stderr.write(s),
+    {
+      errIsTTY: isatty(2),
+      ...(isatty(2) && { columns: process.stderr.columns }),
+    },
   ).then(
     (status) => {
       process.exitCode = status;

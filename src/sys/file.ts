@@ -29,3 +29,34 @@ export function fallocate(fd: number, mode: number, offset: number | bigint, len
     if (err !== Errno.EINTR) throw new SysError('fallocate', err, { fd, mode, offset, length });
   }
 }
+
+// <unistd.h>, Linux: lseek whence values that find allocated data and holes in sparse files.
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+function seek(fd: number, offset: number, whence: number, syscall: string): number | undefined {
+  checkFd(fd, syscall);
+  const off = toOffset(offset, syscall, 'the offset');
+  const result = Number(libc.lseek(fd, off, whence));
+  if (result >= 0) return result;
+  const err = libc.errno();
+  // ENXIO: no data (or no hole: never, the end of file counts as one) at or after the offset.
+  if (err === Errno.ENXIO) return undefined;
+  throw new SysError(syscall, err, { fd, offset });
+}
+
+/**
+ * lseek(fd, offset, SEEK_DATA): the first offset ≥ `offset` inside allocated data, or undefined when only holes
+ * follow up to the end of the file. File systems without hole tracking report the whole file as data.
+ */
+export function seekData(fd: number, offset: number): number | undefined {
+  return seek(fd, offset, SEEK_DATA, 'lseek(SEEK_DATA)');
+}
+
+/**
+ * lseek(fd, offset, SEEK_HOLE): the first offset ≥ `offset` inside a hole; the end of the file counts as one.
+ * Undefined when `offset` is at or past the end.
+ */
+export function seekHole(fd: number, offset: number): number | undefined {
+  return seek(fd, offset, SEEK_HOLE, 'lseek(SEEK_HOLE)');
+}

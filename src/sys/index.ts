@@ -24,7 +24,14 @@ export { eventfd, eventfdWrite, eventfdRead, EVENTFD_MAX } from './eventfd.js';
 export type { EventfdOptions } from './eventfd.js';
 export { MappedMemory, mapShared, memfdCreate, ftruncate, pageSize } from './mmap.js';
 export type { MapOptions, MemfdOptions } from './mmap.js';
-export { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './file.js';
+export {
+  fallocate,
+  seekData,
+  seekHole,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+} from './file.js';
 export { Epoll, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP, EPOLLET } from './epoll.js';
 export type { EpollWaitResult } from './epoll.js';
 export { watchReadable } from './fd-poll.js';

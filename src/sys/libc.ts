@@ -120,6 +120,11 @@ export const fallocate = declare('int fallocate(int fd, int mode, int64_t offset
   offset: bigint,
   length: bigint,
 ) => number;
+export const lseek = declare('int64_t lseek(int fd, int64_t offset, int whence)') as (
+  fd: number,
+  offset: bigint,
+  whence: number,
+) => bigint | number;
 export const sysconf = declare('long sysconf(int name)') as (name: number) => number;
 
 export const epoll_create1 = declare('int epoll_create1(int flags)') as (flags: number) => number;

@@ -33,6 +33,7 @@ function errnoDescription(errno: number): string {
 /** Linux errno values this folder tests for or raises itself (x86-64; asm-generic/errno-base.h, errno.h). */
 export const Errno = {
   EINTR: 4,
+  ENXIO: 6,
   EBADF: 9,
   EAGAIN: 11,
   EINVAL: 22,

@@ -8,6 +8,8 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
+  seekData,
+  seekHole,
 } from '../../src/sys/file.js';
 import { isSysError } from '../../src/sys/sys-error.js';
 
@@ -111,5 +113,40 @@ describe('fallocate', () => {
       (e: unknown) => isSysError(e, 'EBADF'),
     );
     closeSync(ro);
+  });
+});
+
+describe('seekData / seekHole', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ringvm-seek-'));
+  process.on('exit', () => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('find the data and the holes of a sparse file; ENXIO past the data is undefined', () => {
+    const fd = openSync(join(dir, 'sparse'), 'w+');
+    try {
+      writeSync(fd, Buffer.alloc(MiB, 1), 0, MiB, 4 * MiB);
+      writeSync(fd, Buffer.alloc(1), 0, 1, 16 * MiB - 1); // size 16 MiB, last block data
+      assert.equal(seekData(fd, 0), 4 * MiB);
+      assert.equal(seekHole(fd, 4 * MiB), 5 * MiB);
+      const lastData = seekData(fd, 5 * MiB);
+      assert.ok(lastData !== undefined && lastData >= 5 * MiB && lastData < 16 * MiB);
+      assert.equal(seekHole(fd, lastData), 16 * MiB, 'the end of file counts as a hole');
+      assert.equal(seekHole(fd, 16 * MiB), undefined, 'at the end: ENXIO');
+      assert.equal(seekData(fd, 16 * MiB), undefined);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('bad fd and offset are typed errors', () => {
+    assert.throws(
+      () => seekData(-1, 0),
+      (e: unknown) => isSysError(e, 'EBADF'),
+    );
+    assert.throws(
+      () => seekHole(0, -5),
+      (e: unknown) => isSysError(e, 'EINVAL'),
+    );
   });
 });

@@ -21,6 +21,8 @@
  *   where they stopped (a kernel may transfer less than asked, libuv caps one call at IOV_MAX buffers).
  * - **Reads past end of file** (the file shrank under us after open): the missing bytes read as zeros, as
  *   QEMU's raw driver does, rather than failing the request: the guest sees the same thing as for a sparse hole.
+ * - **Map**: `map()` lists the file's data and holes (lseek SEEK_DATA / SEEK_HOLE) as {@link MapExtent}s, the way
+ *   qemu-img map reports a raw image: holes read as zeros, everything stored plainly at its own offset.
  * - **Flush**: `fdatasync` (nothing to do on a read-only image).
  * - **Discard**: fallocate(PUNCH_HOLE | KEEP_SIZE): the range is deallocated and reads back as zeros. On a file
  *   system without hole punching (EOPNOTSUPP) discard does nothing: it is only a hint (§5.2.6.2 "MAY").
@@ -38,9 +40,12 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
+  seekData,
+  seekHole,
 } from '../../sys/file.js';
 import { HostIoError } from '../../virtio/errors.js';
 import { BlockBackendError } from './block-backend-error.js';
+import type { MapExtent } from './map-extent.js';
 
 /** Buffers per preadv/pwritev call: Linux's IOV_MAX (libuv would cap a longer list there anyway). */
 const IOV_MAX = 1024;
@@ -208,6 +213,33 @@ export class RawFileBackend implements BlockBackend {
       }
       await this.#transfer('write', pos, bufs);
       pos += n;
+    }
+  }
+
+  /**
+   * The data and holes of `[0, size)` in order: data extents `{ data: true, zero: false }`, holes
+   * `{ data: false, zero: true }`, both at `offset` = their own start, depth 0. A file system that does not
+   * track holes reports one data extent.
+   */
+  *map(): Generator<MapExtent> {
+    this.#checkOpen('map', 0, this.size);
+    const fd = this.fd;
+    let pos = 0;
+    while (pos < this.size) {
+      let dataAt: number;
+      let holeAt: number;
+      try {
+        dataAt = Math.min(seekData(fd, pos) ?? this.size, this.size);
+        holeAt = dataAt < this.size ? Math.min(seekHole(fd, dataAt) ?? this.size, this.size) : this.size;
+      } catch (e) {
+        throw this.#ioError('map', pos, this.size - pos, e);
+      }
+      if (dataAt > pos)
+        yield { start: pos, length: dataAt - pos, data: false, zero: true, depth: 0, offset: pos };
+      if (holeAt > dataAt) {
+        yield { start: dataAt, length: holeAt - dataAt, data: true, zero: false, depth: 0, offset: dataAt };
+      }
+      pos = holeAt;
     }
   }
 
