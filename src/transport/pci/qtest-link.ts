@@ -104,6 +104,11 @@ export interface QtestStartOptions {
   readonly args?: readonly string[];
   /** The QEMU binary (default `qemu-system-x86_64`). */
   readonly qemu?: string;
+  /**
+   * A command QEMU is started under, e.g. `['ip', 'netns', 'exec', 'ns0']` to run it in a network namespace (the
+   * wrapper must exec QEMU, so QEMU keeps the spawned process's pid and process group).
+   */
+  readonly wrapper?: readonly string[];
   /** Machine type (default `pc`: its RAM starts at 0 and ports 0xCF8/0xCFC reach PCI config space). */
   readonly machine?: string;
   readonly startTimeoutMs?: number;
@@ -284,7 +289,12 @@ export class QtestLink {
         ...options.devices.flatMap((d) => ['-device', d]),
         ...(options.args ?? []),
       ];
-      const spawned = spawn(options.qemu ?? 'qemu-system-x86_64', args, {
+      const [command, ...commandArgs] = [
+        ...(options.wrapper ?? []),
+        options.qemu ?? 'qemu-system-x86_64',
+        ...args,
+      ];
+      const spawned = spawn(command as string, commandArgs, {
         detached: true,
         stdio: ['ignore', 'ignore', 'pipe'],
       });
