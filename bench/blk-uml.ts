@@ -2,9 +2,10 @@
  * Block I/O from a real guest: the UML guest's virtio_blk driver against `ringvm serve` (vhost-user-blk) and
  * against qemu-storage-daemon's vhost-user-blk export, both attached to one guest boot, same commands.
  *
- * The guest runs busybox dd with O_DIRECT (so every block is a virtio request, not a page-cache hit in the
- * guest): 1 MiB sequential writes and reads, and 4 KiB writes and reads one at a time (queue depth 1). Each
- * phase alternates between the two disks, round after round, and is timed inside the guest (see guestScript).
+ * The guest runs ringvm-blk-bench (scripts/guest/blk-bench.c, a static program built into the UML root) with
+ * O_DIRECT, so every block is a virtio request and not a page-cache hit in the guest: 1 MiB sequential writes and
+ * reads, and 4 KiB writes and reads at random offsets, one at a time (queue depth 1). Each phase alternates
+ * between the two disks, round after round, and is timed inside the guest (see guestScript).
  * Also reported: the time from starting each server to its socket listening, and its resident memory after the run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -31,61 +32,49 @@ function positiveInt(text: string | undefined): number | undefined {
 
 interface Phase {
   readonly name: string;
-  /** The guest command for block device `dev` (e.g. /dev/vda). */
-  readonly command: (dev: string) => string;
-  /** Bytes moved, for throughput; ops for IOPS. */
-  readonly bytes: number;
-  readonly ops: number;
+  /** ringvm-blk-bench's access pattern (scripts/guest/blk-bench.c). */
+  readonly pattern: 'seqwrite' | 'seqread' | 'randwrite' | 'randread';
+  readonly blockBytes: number;
+  readonly count: number;
+  /** Throughput (MiB/s) or IOPS in the table. */
+  readonly unit: 'MiB/s' | 'IOPS';
 }
 
+/**
+ * The phases, in the order each round runs them. A qcow2 or other disk kind is another contender (below), not
+ * another phase; a new access pattern is one more line here.
+ */
 const PHASES: readonly Phase[] = [
+  { name: '1 MiB sequential write', pattern: 'seqwrite', blockBytes: 1 << 20, count: SEQ_MIB, unit: 'MiB/s' },
+  { name: '1 MiB sequential read', pattern: 'seqread', blockBytes: 1 << 20, count: SEQ_MIB, unit: 'MiB/s' },
   {
-    name: '1 MiB sequential write',
-    command: (dev) => `dd if=/dev/zero of=${dev} bs=1M count=${SEQ_MIB} oflag=direct`,
-    bytes: SEQ_MIB << 20,
-    ops: SEQ_MIB,
+    name: '4 KiB random write, QD1',
+    pattern: 'randwrite',
+    blockBytes: 4096,
+    count: SMALL_COUNT,
+    unit: 'IOPS',
   },
-  {
-    name: '1 MiB sequential read',
-    command: (dev) => `dd if=${dev} of=/dev/null bs=1M count=${SEQ_MIB} iflag=direct`,
-    bytes: SEQ_MIB << 20,
-    ops: SEQ_MIB,
-  },
-  {
-    name: '4 KiB write, QD1',
-    command: (dev) => `dd if=/dev/zero of=${dev} bs=4k count=${SMALL_COUNT} oflag=direct`,
-    bytes: SMALL_COUNT * 4096,
-    ops: SMALL_COUNT,
-  },
-  {
-    name: '4 KiB read, QD1',
-    command: (dev) => `dd if=${dev} of=/dev/null bs=4k count=${SMALL_COUNT} iflag=direct`,
-    bytes: SMALL_COUNT * 4096,
-    ops: SMALL_COUNT,
-  },
+  { name: '4 KiB random read, QD1', pattern: 'randread', blockBytes: 4096, count: SMALL_COUNT, unit: 'IOPS' },
 ];
 
 /**
- * One guest boot with both disks attached: `ROUNDS` rounds of every phase on each disk, the disks alternating
- * (and swapping order every round) so both see the same guest, the same moment and the same noise. Each run
- * prints `PHASE <disk> <phase> <start> <end>` in nanoseconds of the guest's monotonic clock (the "now at" line
- * of /proc/timer_list; /proc/uptime's 10 ms steps are too coarse for the 1 MiB phases). The disks are told
- * apart by size (virtio_uml probes in no promised order): `sizes[k]` sectors is disk k.
+ * One guest boot with every disk attached: `ROUNDS` rounds of every phase on each disk, the disks alternating
+ * (and swapping order every round) so all see the same guest, the same moment and the same noise. Each run is
+ * one `ringvm-blk-bench` (O_DIRECT, queue depth 1, timed inside the guest with CLOCK_MONOTONIC), its result line
+ * prefixed with `PHASE <disk> <phase>`. Random phases use a new seed each round (the same for every disk). The
+ * disks are told apart by size (virtio_uml probes in no promised order): `sizes[k]` sectors is disk k.
  */
 function guestScript(sizes: readonly number[]): string {
-  const lines = [
-    `t() { head -3 /proc/timer_list | sed -n 's/^now at \\([0-9]*\\) nsecs$/\\1/p'; }`,
-    ...sizes.map(
-      (sectors, k) =>
-        `for d in /sys/block/vd*; do [ "$(cat $d/size)" = ${sectors} ] && D${k}=/dev/\${d##*/}; done; [ -n "$D${k}" ] || exit 11`,
-    ),
-  ];
+  const lines = sizes.map(
+    (sectors, k) =>
+      `for d in /sys/block/vd*; do [ "$(cat $d/size)" = ${sectors} ] && D${k}=/dev/\${d##*/}; done; [ -n "$D${k}" ] || exit 11`,
+  );
   for (let round = 0; round < ROUNDS; round++) {
     PHASES.forEach((p, i) => {
       const order = round % 2 === 0 ? sizes.map((_, k) => k) : sizes.map((_, k) => sizes.length - 1 - k);
       for (const k of order) {
         lines.push(
-          `a=$(t); ${p.command(`$D${k}`)} 2>/dev/null || exit 10; b=$(t); echo "PHASE ${k} ${i} $a $b"`,
+          `r=$(ringvm-blk-bench $D${k} ${p.pattern} ${p.blockBytes} ${p.count} ${round + 1}) || exit 10; echo "PHASE ${k} ${i} $r"`,
         );
       }
     });
@@ -93,18 +82,27 @@ function guestScript(sizes: readonly number[]): string {
   return lines.join('\n');
 }
 
-/** Best (shortest) seconds per phase for each disk. */
-function parsePhases(stdout: string, disks: number): number[][] {
-  const best: number[][] = Array.from({ length: disks }, () => PHASES.map(() => Infinity));
-  for (const m of stdout.matchAll(/^PHASE (\d+) (\d+) (\d+) (\d+)$/gm)) {
-    const row = best[Number(m[1])]!;
+/** Seconds per round, per phase, per disk: `times[disk][phase][round]`. */
+function parsePhases(stdout: string, disks: number): number[][][] {
+  const times: number[][][] = Array.from({ length: disks }, () =>
+    PHASES.map(() => new Array<number>(ROUNDS)),
+  );
+  const seen = Array.from({ length: disks }, () => PHASES.map(() => 0));
+  for (const m of stdout.matchAll(/^PHASE (\d+) (\d+) RESULT \S+ \d+ \d+ (\d+)$/gm)) {
+    const disk = Number(m[1]);
     const phase = Number(m[2]);
-    row[phase] = Math.min(row[phase]!, (Number(m[4]) - Number(m[3])) / 1e9);
+    times[disk]![phase]![seen[disk]![phase]!++] = Number(m[3]) / 1e9;
   }
-  if (best.some((row) => row.some((s) => !(s > 0 && s < Infinity)))) {
-    throw new Error(`the guest did not report every phase:\n${stdout}`);
+  if (seen.some((row) => row.some((n) => n !== ROUNDS))) {
+    throw new Error(`the guest did not report every phase of every round:\n${stdout}`);
   }
-  return best;
+  return times;
+}
+
+function median(values: readonly number[]): number {
+  const v = [...values].sort((x, y) => x - y);
+  const mid = v.length >> 1;
+  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
 async function waitForPath(path: string, child: ChildProcess, timeoutMs: number): Promise<number> {
@@ -207,28 +205,32 @@ export async function runBlkUmlBench(): Promise<void> {
         `guest failed (${r.code}):\n${r.stdout}\n${r.stderr}\n${servers.map((s) => s.stderr()).join('\n')}`,
       );
     }
-    const best = parsePhases(r.stdout, contenders.length);
+    const times = parsePhases(r.stdout, contenders.length);
     const rss = servers.map((s) => rssKiB(s.child.pid ?? 0));
 
     console.log(
-      `\nUML guest block I/O (O_DIRECT dd): ringvm serve vs qemu-storage-daemon, one guest with both disks, ` +
-        `phases alternating between them, best of ${ROUNDS} each`,
+      `\nUML guest block I/O (O_DIRECT, queue depth 1, ringvm-blk-bench): ringvm serve vs qemu-storage-daemon, one ` +
+        `guest with both disks, phases alternating between them, ${ROUNDS} rounds; figures = best round, ` +
+        `ratio = ringvm / qemu-sd (best rounds), per round = median [min–max] of each round's ratio`,
     );
     const extra = BASELINE_CLI === undefined ? '' : `  ${'baseline'.padStart(14)}  ${'vs base'.padStart(7)}`;
     console.log(
-      `${'phase'.padEnd(24)}  ${'ringvm'.padStart(14)}  ${'qemu-sd'.padStart(14)}  ${'ratio'.padStart(6)}${extra}`,
+      `${'phase'.padEnd(24)}  ${'ringvm'.padStart(14)}  ${'qemu-sd'.padStart(14)}  ${'ratio'.padStart(6)}  ${'per round'.padStart(18)}${extra}`,
     );
     PHASES.forEach((p, i) => {
       const fmt = (s: number) =>
-        p.bytes >= p.ops * (1 << 20)
-          ? `${(p.bytes / (1 << 20) / s).toFixed(1)} MiB/s`
-          : `${Math.round(p.ops / s)} IOPS`;
-      const a = best[0]![i]!;
-      const b = best[1]![i]!;
-      const c = best[2]?.[i];
+        p.unit === 'MiB/s'
+          ? `${((p.blockBytes * p.count) / (1 << 20) / s).toFixed(1)} MiB/s`
+          : `${Math.round(p.count / s)} IOPS`;
+      const best = (disk: number) => Math.min(...times[disk]![i]!);
+      const a = best(0);
+      const b = best(1);
+      const perRound = times[0]![i]!.map((t, round) => times[1]![i]![round]! / t);
+      const rounds = `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`;
+      const c = times.length > 2 ? best(2) : undefined;
       const more = c === undefined ? '' : `  ${fmt(c).padStart(14)}  ${(c / a).toFixed(2).padStart(6)}×`;
       console.log(
-        `${p.name.padEnd(24)}  ${fmt(a).padStart(14)}  ${fmt(b).padStart(14)}  ${(b / a).toFixed(2).padStart(5)}×${more}`,
+        `${p.name.padEnd(24)}  ${fmt(a).padStart(14)}  ${fmt(b).padStart(14)}  ${(b / a).toFixed(2).padStart(5)}×  ${rounds.padStart(18)}${more}`,
       );
     });
     console.log(
