@@ -165,14 +165,8 @@ export function parseBlkRequest(chain: DescriptorChain, limits: BlkRequestLimits
   const lastSeg = chain.segmentCount - 1;
   const statusAddress = chain.segmentAddress(lastSeg) + chain.segmentLength(lastSeg) - BLK_REQ_STATUS_SIZE;
   const usedLength = chain.writableLength;
-  const base = { head, statusAddress, usedLength };
-  const reject = (type: number, status: number, code: BlkRequestErrorCode, message: string): BlkRequest => ({
-    ...base,
-    type,
-    op: 'reject',
-    status,
-    error: new BlkRequestError(code, `request at head ${head}: ${message}`, { head, type }),
-  });
+  const reject = (type: number, status: number, code: BlkRequestErrorCode, message: string): BlkRequest =>
+    rejected(head, statusAddress, usedLength, type, status, code, message);
 
   if (chain.readableLength < BLK_REQ_HEADER_SIZE) {
     return reject(
@@ -186,7 +180,11 @@ export function parseBlkRequest(chain: DescriptorChain, limits: BlkRequestLimits
   const reader = chain.reader();
   const type = reader.readU32();
   reader.readU32(); // reserved (legacy ioprio): ignored
-  const sector = reader.readU64();
+  // The le64 sector as two halves: a number is exact below 2^53, and every sector from 2^53 / 512 on is past
+  // any capacity (capacity * 512 is a safe integer), so `sectorHigh` alone rules huge values out, without a
+  // bigint on the data path.
+  const sectorLow = reader.readU32();
+  const sectorHigh = reader.readU32();
   /** Device-writable bytes before the status: the data of IN and GET_ID. */
   const writableData = chain.writableLength - BLK_REQ_STATUS_SIZE;
 
@@ -207,22 +205,26 @@ export function parseBlkRequest(chain: DescriptorChain, limits: BlkRequestLimits
           `data length ${length} is not a multiple of ${block}`,
         );
       }
-      const sectorsPerBlock = BigInt(block >> SECTOR_SHIFT);
-      if (sector % sectorsPerBlock !== 0n) {
+      // blk_size is a power of two, so is sectors per block, and 2^32 is a multiple of it: the low half decides.
+      const sectorsPerBlock = block >> SECTOR_SHIFT;
+      if ((sectorLow & (sectorsPerBlock - 1)) !== 0) {
         return reject(
           type,
           VIRTIO_BLK_S_IOERR,
           'BLK_SECTOR_UNALIGNED',
-          `sector ${sector} is not a multiple of the ${block}-byte block size`,
+          `sector ${sector64(sectorLow, sectorHigh)} is not a multiple of the ${block}-byte block size`,
         );
       }
-      const first = inRange(sector, length / SECTOR_SIZE, limits.capacity);
+      const first =
+        sectorHigh >= SECTOR_HIGH_LIMIT
+          ? -1
+          : inRangeNumber(sectorHigh * 2 ** 32 + sectorLow, length / SECTOR_SIZE, limits.capacity);
       if (first < 0) {
         return reject(
           type,
           VIRTIO_BLK_S_IOERR,
           'BLK_OUT_OF_RANGE',
-          `sectors ${sector}+${length / SECTOR_SIZE} are not inside the capacity of ${limits.capacity}`,
+          `sectors ${sector64(sectorLow, sectorHigh)}+${length / SECTOR_SIZE} are not inside the capacity of ${limits.capacity}`,
         );
       }
       if (chain.descriptorCount > limits.segMax + NON_DATA_DESCRIPTORS) {
@@ -234,17 +236,34 @@ export function parseBlkRequest(chain: DescriptorChain, limits: BlkRequestLimits
         );
       }
       const data = write ? reader.views(length) : chain.writer().views(length);
-      return { ...base, type, op: write ? 'write' : 'read', offset: first * SECTOR_SIZE, length, data };
+      // One literal with every field (no spread): the data path builds this object per request.
+      return {
+        head,
+        type,
+        statusAddress,
+        usedLength,
+        op: write ? 'write' : 'read',
+        offset: first * SECTOR_SIZE,
+        length,
+        data,
+      };
     }
 
     case VIRTIO_BLK_T_FLUSH:
-      return { ...base, type, op: 'flush' };
+      return { head, type, statusAddress, usedLength, op: 'flush' };
 
     case VIRTIO_BLK_T_GET_ID:
       if (writableData === 0) {
         return reject(type, VIRTIO_BLK_S_IOERR, 'BLK_GET_ID_NO_ROOM', 'no room for the id before the status');
       }
-      return { ...base, type, op: 'get-id', data: chain.writer().views(writableData) };
+      return {
+        head,
+        type,
+        statusAddress,
+        usedLength,
+        op: 'get-id',
+        data: chain.writer().views(writableData),
+      };
 
     case VIRTIO_BLK_T_DISCARD:
     case VIRTIO_BLK_T_WRITE_ZEROES: {
@@ -328,12 +347,49 @@ export function parseBlkRequest(chain: DescriptorChain, limits: BlkRequestLimits
           unmap: ((flags[i] as number) & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0,
         });
       }
-      return { ...base, type, op: discard ? 'discard' : 'write-zeroes', ranges };
+      return { head, type, statusAddress, usedLength, op: discard ? 'discard' : 'write-zeroes', ranges };
     }
 
     default:
       return reject(type, VIRTIO_BLK_S_UNSUPP, 'BLK_UNSUPPORTED_TYPE', `unsupported request type ${type}`);
   }
+}
+
+/** The le64 sector from its halves, exactly (for messages). */
+function sector64(low: number, high: number): bigint {
+  return (BigInt(high) << 32n) | BigInt(low);
+}
+
+/**
+ * High halves of the sector field from which the sector is 2^53 or more: past every capacity, which is at most
+ * 2^53 / 512 sectors.
+ */
+const SECTOR_HIGH_LIMIT = 2 ** 21;
+
+/** `sector` (a safe integer) when `[sector, sector + count)` lies inside `capacity` sectors, else -1. */
+function inRangeNumber(sector: number, count: number, capacity: number): number {
+  return sector <= capacity && sector + count <= capacity ? sector : -1;
+}
+
+/** A request answered at once with `status`; `error` says why. */
+function rejected(
+  head: number,
+  statusAddress: number,
+  usedLength: number,
+  type: number,
+  status: number,
+  code: BlkRequestErrorCode,
+  message: string,
+): BlkRequest {
+  return {
+    head,
+    type,
+    statusAddress,
+    usedLength,
+    op: 'reject',
+    status,
+    error: new BlkRequestError(code, `request at head ${head}: ${message}`, { head, type }),
+  };
 }
 
 /**

@@ -138,6 +138,8 @@ describe('virtio-blk hostile requests (item 19): answered with a status', () => 
     ['sector inside, end past capacity', CAPACITY - 1, 2],
     ['sector 2^64 - 1', 2n ** 64n - 1n, 1],
     ['sector 2^53 (beyond a safe number)', 2n ** 53n, 1],
+    ['sector 2^32 + 1 (the low half alone is inside)', 2n ** 32n + 1n, 1],
+    ['sector 2^53 / 512 - 1 (largest high half below the limit)', 2n ** 44n - 1n, 1],
     ['sector = 2^64 / 512 (byte offset wraps to 0)', 2n ** 55n, 1],
   ] as const) {
     test(`IN/OUT ${name} → IOERR, back end untouched`, async () => {
