@@ -3,6 +3,9 @@
  * VhostUserExport worker) that answers requests with used elements the spec forbids. Each case breaks that queue
  * with a typed error naming the problem; pending and later requests fail with QUEUE_BROKEN; nothing crashes and
  * the device can be removed and the front end closed.
+ *
+ * Two ways to reach it: ringvm's own vhost-user front end, and the PCI transport — QEMU's vhost-user-blk-pci
+ * connected to the hostile export, driven over qtest, with a virtio-rng-pci beside it that must keep working.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,11 +13,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtioBlkDriver, BlkDriverError } from '../../../src/drivers/blk/blk-driver.js';
+import { VirtioRngDriver } from '../../../src/drivers/rng/rng-driver.js';
+import { QtestLink } from '../../../src/transport/pci/qtest-link.js';
+import { openVirtioPciDevices } from '../../../src/transport/pci/virtio-pci-modern.js';
 import { VhostUserFrontend } from '../../../src/transport/vhost-user/frontend.js';
 import { VhostUserExport } from '../../../src/transport/vhost-user/vhost-user-export.js';
 import { VirtioBus } from '../../../src/virtio/driver/virtio-bus.js';
 import { VirtqueueError } from '../../../src/virtio/split/virtqueue-error.js';
 import type { HostileUsedMode } from '../../fixtures/export-devices.js';
+import { ensureQemu, killLeftoverQemus } from '../../transport/pci/qtest-harness.js';
 
 const FACTORIES = new URL('../../fixtures/export-devices.js', import.meta.url).href;
 
@@ -72,3 +79,78 @@ describe('blk driver against a device that returns bad used elements', { timeout
     });
   }
 });
+
+describe(
+  'blk driver over virtio-pci: QEMU vhost-user-blk-pci on a hostile export',
+  { timeout: 3 * 60_000 },
+  () => {
+    let work = '';
+
+    before(async () => {
+      await ensureQemu();
+      work = mkdtempSync(join(tmpdir(), 'ringvm-hostile-pci-'));
+    });
+
+    after(() => {
+      killLeftoverQemus();
+      rmSync(work, { recursive: true, force: true });
+    });
+
+    for (const [mode, code] of CASES) {
+      it(`${mode}: the queue breaks with ${code}; QEMU, the export and the machine's other device carry on`, async () => {
+        const exp = await VhostUserExport.start({
+          socketPath: join(work, `${mode}.sock`),
+          device: { module: FACTORIES, name: 'createHostileBlk', args: { mode } },
+        });
+        // The qtest link's guest RAM is a shared memory-backend-file: QEMU can hand it to the vhost-user back end.
+        const link = await QtestLink.start({
+          devices: [
+            'vhost-user-blk-pci,chardev=c0,num-queues=1,disable-legacy=on',
+            'virtio-rng-pci,disable-legacy=on',
+          ],
+          args: ['-chardev', `socket,id=c0,path=${exp.socketPath}`],
+          memSize: 64 << 20,
+        });
+        const errors: Error[] = [];
+        const bus = new VirtioBus({ onError: (_dev, e) => errors.push(e) });
+        const blk = new VirtioBlkDriver();
+        const rng = new VirtioRngDriver();
+        try {
+          await bus.registerDriver(blk);
+          await bus.registerDriver(rng);
+          const ts = (await openVirtioPciDevices(link)).sort(
+            (x, y) => x.pci.address.device - y.pci.address.device,
+          );
+          const dev = await bus.addDevice(ts[0]!);
+          const rngDev = await bus.addDevice(ts[1]!);
+          assert.deepEqual(errors, []);
+          const disk = blk.disk(dev);
+          assert.equal(disk.size, 2048 * 512);
+          const first = await disk.read(0, 4096).then(
+            () => assert.fail('a read answered with a bad used element must not succeed'),
+            (e: unknown) => e,
+          );
+          assert.ok(first instanceof BlkDriverError, String(first));
+          assert.equal(first.code, 'QUEUE_BROKEN');
+          assert.ok(first.cause instanceof VirtqueueError, `cause: ${String(first.cause)}`);
+          assert.equal(first.cause.code, code);
+          await assert.rejects(
+            disk.read(8, 512),
+            (e: unknown) => e instanceof BlkDriverError && e.code === 'QUEUE_BROKEN',
+          );
+          // Nothing else broke: QEMU answers and the other device on the machine still works; the export stops cleanly.
+          assert.equal(link.isClosed, false);
+          const bytes = await rng.source(rngDev).read(4096);
+          assert.equal(bytes.length, 4096);
+          await bus.removeDevice(dev);
+          await bus.removeDevice(rngDev);
+          assert.equal(link.isClosed, false);
+          assert.deepEqual(errors, []);
+        } finally {
+          await link.close();
+          await exp.stop();
+        }
+      });
+    }
+  },
+);
