@@ -600,6 +600,25 @@ export class SplitQueue {
     this.#inFlight--;
   }
 
+  /**
+   * Gives back the most recently popped chain, not yet used (QEMU's virtqueue_unpop): nextAvail moves back one
+   * entry and the head is no longer in flight, so the next pop returns the same chain again (validated anew).
+   * A device that pops buffers ahead of data it cannot size in advance (virtio-net receive with mergeable
+   * buffers) returns the ones it did not fill. Chains must be given back in the reverse order of popping, and
+   * only chains popped after the last one used; a head not in flight is a UsageError.
+   */
+  unpop(head: number): void {
+    if (!this.#active) {
+      throw new UsageError('INVALID_STATE', `queue ${this.index}: unpop on an inactive queue`, head);
+    }
+    if (!(Number.isInteger(head) && head >= 0 && head < this.#activeSize && this.#inFlightMap[head] === 1)) {
+      throw new UsageError('NOT_IN_FLIGHT', `queue ${this.index}: head ${head} is not in flight`, head);
+    }
+    this.#inFlightMap[head] = 0;
+    this.#inFlight--;
+    this.#nextAvail = (this.#nextAvail - 1) & RING_INDEX_MASK;
+  }
+
   /** Makes every used element added so far visible: one store of used.idx for the whole batch. */
   publishUsed(): void {
     if (!this.#active || this.#publishedUsed === this.#nextUsed) return;
@@ -655,6 +674,22 @@ export class SplitQueue {
     if (this.#eventIdx) Atomics.store(this.#used16, this.#availEventHalf, this.#nextAvail);
     else Atomics.store(this.#used16, USED_FLAGS_HALF, 0);
     return Atomics.load(this.#avail, AVAIL_IDX_HALF) !== this.#nextAvail;
+  }
+
+  /**
+   * Asks for an available buffer notification when the driver makes a chain available *after* those it has
+   * made available already, popped or not (Linux vhost_enable_notify): for a device that needs more buffers
+   * than are available and gives back the ones it popped ({@link unpop}), such as virtio-net receive with
+   * mergeable buffers. Clears VRING_USED_F_NO_NOTIFY, or with EVENT_IDX sets avail_event to the current
+   * avail.idx; then re-reads avail.idx and returns true if it moved meanwhile (pop again: no notification
+   * will come for those).
+   */
+  enableNotificationForNew(): boolean {
+    if (!this.#active || this.#brokenReason !== null) return false;
+    const seen = Atomics.load(this.#avail, AVAIL_IDX_HALF);
+    if (this.#eventIdx) Atomics.store(this.#used16, this.#availEventHalf, seen);
+    else Atomics.store(this.#used16, USED_FLAGS_HALF, 0);
+    return Atomics.load(this.#avail, AVAIL_IDX_HALF) !== seen;
   }
 
   /** Back to the unconfigured state: size = maxSize, addresses 0, not ready, indices 0, not broken. */

@@ -568,3 +568,50 @@ describe('SplitQueue lifecycle', () => {
     assert.equal(q.inFlight, 1);
   });
 });
+
+describe('SplitQueue unpop and enableNotificationForNew (device look-ahead, virtio-net receive)', () => {
+  test('unpopped chains come back from the next pops, in order, and are no longer in flight', () => {
+    const { ring, q } = setup(8, EVENT_IDX);
+    for (let i = 0; i < 4; i++) ring.setDesc(i, BUF + 0x100 * i, 0x100, F_WRITE);
+    ring.makeAvailable(0, 1, 2, 3);
+    const a = pop(q);
+    const b = pop(q);
+    const c = pop(q);
+    assert.equal(q.inFlight, 3);
+    q.unpop(c.head);
+    q.unpop(b.head);
+    assert.equal(q.inFlight, 1);
+    assert.equal(q.nextAvail, 1);
+    assert.equal(
+      usageCode(() => {
+        q.unpop(b.head);
+      }),
+      'NOT_IN_FLIGHT',
+    );
+    assert.deepEqual([pop(q).head, pop(q).head, pop(q).head], [1, 2, 3]);
+    q.pushUsed(a.head, 0);
+    assert.equal(q.popChain(), null);
+  });
+
+  test('enableNotificationForNew asks only for chains added after those already there', () => {
+    const { ring, q } = setup(8, EVENT_IDX);
+    for (let i = 0; i < 3; i++) ring.setDesc(i, BUF + 0x100 * i, 0x100, F_WRITE);
+    ring.makeAvailable(0, 1);
+    const a = pop(q);
+    q.unpop(a.head);
+    // enableNotification would see the unpopped chain and ask to pop again forever.
+    assert.equal(q.enableNotification(), true);
+    assert.equal(q.enableNotificationForNew(), false);
+    assert.equal(ring.availEvent, 2, 'avail_event = avail.idx: the next added chain notifies');
+    ring.makeAvailable(2);
+    assert.equal(q.enableNotificationForNew(), false, 'nothing new since this call read avail.idx');
+    assert.equal(ring.availEvent, 3);
+  });
+
+  test('without EVENT_IDX it clears VRING_USED_F_NO_NOTIFY', () => {
+    const { q, ring } = setup();
+    q.disableNotification();
+    assert.equal(q.enableNotificationForNew(), false);
+    assert.equal(ring.usedFlags, 0);
+  });
+});
