@@ -24,6 +24,9 @@
  *   drains with `receive` until 0). The device may `pauseReceive()` while the guest has no receive buffers, and
  *   `resumeReceive()` once it has.
  * - `setOffloads` (tap only) tells the host which offloads the guest accepts on receive (TUNSETOFFLOAD).
+ * - `setEnabled(false)` (optional): the device does not use this back end for now — it serves a queue pair
+ *   beyond the driver's VQ_PAIRS_SET — so a multiqueue tap detaches the queue (TUNSETQUEUE) and the host steers
+ *   no flows to it; `setEnabled(true)` attaches it again. Back ends start enabled.
  * - `close()` releases the host resources; no call may follow.
  */
 import { VirtioError } from '../../virtio/errors.js';
@@ -58,6 +61,7 @@ export interface NetBackend {
   pauseReceive(): void;
   resumeReceive(): void;
   setOffloads?(offloads: NetOffloads): void;
+  setEnabled?(enabled: boolean): void;
   close(): Promise<void>;
 }
 
