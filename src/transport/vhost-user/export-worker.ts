@@ -34,13 +34,22 @@ export interface ExportWorkerData {
 }
 
 /** Main thread → worker. */
-export type ExportWorkerCommand = { readonly type: 'stop' };
+export type ExportWorkerCommand =
+  { readonly type: 'stop' } | { readonly type: 'control'; readonly id: number; readonly request: unknown };
 
 export type ExportWorkerMessage =
   | { readonly type: 'listening' }
   | { readonly type: 'error'; readonly message: string; readonly code: string | undefined }
   | { readonly type: 'log'; readonly line: string }
-  | { readonly type: 'stopped' };
+  | { readonly type: 'stopped' }
+  | { readonly type: 'control-result'; readonly id: number; readonly ok: true; readonly result: unknown }
+  | {
+      readonly type: 'control-result';
+      readonly id: number;
+      readonly ok: false;
+      readonly message: string;
+      readonly code: string | undefined;
+    };
 
 /** Bytes read from the connection per recvmsg (a vhost-user message is at most 12 + 4096 bytes). */
 const RECV_BUFFER_BYTES = 64 * 1024;
@@ -51,8 +60,8 @@ function post(message: ExportWorkerMessage): void {
   parentPort?.postMessage(message);
 }
 
-function isStop(m: unknown): m is ExportWorkerCommand {
-  return typeof m === 'object' && m !== null && 'type' in m && m.type === 'stop';
+function isCommand(m: unknown): m is ExportWorkerCommand {
+  return typeof m === 'object' && m !== null && 'type' in m && (m.type === 'stop' || m.type === 'control');
 }
 
 /** The stable `code` of a typed error (VirtioError, SysError, back-end errors), if it has one. */
@@ -266,6 +275,28 @@ class ExportReactor {
     for (const line of this.#trace?.report() ?? []) this.#log(line);
   }
 
+  /** Runs a control request between vhost-user messages and posts its result. */
+  control(id: number, request: unknown): void {
+    this.#enqueue(() => {
+      const instance = this.#instance;
+      if (instance.control === undefined) {
+        post({
+          type: 'control-result',
+          id,
+          ok: false,
+          message: 'this device takes no control requests',
+          code: 'EXPORT_NO_CONTROL',
+        });
+        return;
+      }
+      try {
+        post({ type: 'control-result', id, ok: true, result: instance.control(request) });
+      } catch (e) {
+        post({ type: 'control-result', id, ok: false, message: describe(e), code: errorCode(e) });
+      }
+    });
+  }
+
   /** Stops accepting, ends the connection, removes the socket. */
   async stop(): Promise<void> {
     if (this.#stopped) return;
@@ -309,7 +340,12 @@ async function main(data: ExportWorkerData): Promise<void> {
   }
   post({ type: 'listening' });
   parentPort?.on('message', (command: unknown) => {
-    if (isStop(command)) {
+    if (!isCommand(command)) return;
+    if (command.type === 'control') {
+      reactor.control(command.id, command.request);
+      return;
+    }
+    {
       void (async () => {
         await reactor.stop();
         await instance.close();

@@ -24,6 +24,12 @@ export interface DeviceInstance {
    * GET_VRING_BASE answers with every popped request completed.
    */
   idle?(): Promise<void>;
+  /**
+   * Optional: a request from the main thread ({@link VhostUserExport.control}), run in the worker between
+   * vhost-user messages: e.g. a net device's link state or counters. The request and the result must survive
+   * structured clone; a throw rejects the caller's promise with its message.
+   */
+  control?(request: unknown): unknown;
   /** Releases host resources: flush + close images, close chardevs. Called once, at stop. */
   close(): Promise<void>;
 }
@@ -46,6 +52,16 @@ export interface VhostUserExportOptions {
   readonly onLog?: (line: string) => void;
 }
 
+/** A {@link VhostUserExport.control} request failed in the worker (or the device takes none). */
+export class VhostUserControlError extends Error {
+  readonly code: string;
+  constructor(message: string, code = 'EXPORT_CONTROL_FAILED') {
+    super(message);
+    this.name = 'VhostUserControlError';
+    this.code = code;
+  }
+}
+
 /** Starting an export failed: the factory threw (e.g. a missing image) or the socket could not be bound. */
 export class VhostUserExportError extends Error {
   readonly code: string;
@@ -65,11 +81,41 @@ export class VhostUserExport {
   readonly closed: Promise<void>;
   readonly #worker: Worker;
   #stopping = false;
+  #nextControl = 0;
+  readonly #controls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 
   private constructor(socketPath: string, worker: Worker, closed: Promise<void>) {
     this.socketPath = socketPath;
     this.#worker = worker;
     this.closed = closed;
+    worker.on('message', (m: ExportWorkerMessage) => {
+      if (m.type !== 'control-result') return;
+      const waiter = this.#controls.get(m.id);
+      if (waiter === undefined) return;
+      this.#controls.delete(m.id);
+      if (m.ok) waiter.resolve(m.result);
+      else waiter.reject(new VhostUserControlError(m.message, m.code));
+    });
+    void closed.then(() => {
+      for (const [, waiter] of this.#controls)
+        waiter.reject(new VhostUserControlError('the export stopped', 'EXPORT_STOPPED'));
+      this.#controls.clear();
+    });
+  }
+
+  /**
+   * Sends `request` to the device's `control` in the worker (see {@link DeviceInstance.control}) and resolves
+   * with its result, e.g. `await netExport.control({ op: 'set-link', up: false })`.
+   */
+  control(request: unknown): Promise<unknown> {
+    if (this.#stopping)
+      return Promise.reject(new VhostUserControlError('the export is stopping', 'EXPORT_STOPPED'));
+    const id = this.#nextControl++;
+    return new Promise((resolve, reject) => {
+      this.#controls.set(id, { resolve, reject });
+      const command: ExportWorkerCommand = { type: 'control', id, request };
+      this.#worker.postMessage(command);
+    });
   }
 
   /** Starts the worker; resolves once the socket is listening, rejects if the device or the socket failed. */
