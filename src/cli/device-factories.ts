@@ -23,6 +23,10 @@ import type { BlockBackend } from '../devices/blk/block-backend.js';
 import type { Chardev } from '../devices/console/chardev.js';
 import { ConsoleDevice } from '../devices/console/console-device.js';
 import { RngDevice } from '../devices/rng/rng-device.js';
+import { NetDevice, type NetDeviceStats } from '../devices/net/net-device.js';
+import type { NetBackend } from '../devices/net/net-backend.js';
+import { formatMac } from '../devices/net/net-config.js';
+import { TapBackend } from '../backends/net/tap-backend.js';
 import type { VirtioDevice } from '../virtio/device/virtio-device.js';
 
 /** What a factory returns (the shape of vhost-user-export's `DeviceInstance`). */
@@ -31,6 +35,8 @@ export interface DeviceInstance<D extends VirtioDevice = VirtioDevice> {
   /** Host I/O is in flight: the worker's event loop must keep running. */
   busy?(): boolean;
   idle?(): Promise<void>;
+  /** A request from the main thread (VhostUserExport.control). */
+  control?(request: unknown): unknown;
   close(): Promise<void>;
 }
 
@@ -67,6 +73,58 @@ export interface ConsoleDeviceArgs {
 }
 
 export type RngDeviceArgs = Record<string, never>;
+
+/** The host side of a net export (`--netdev`); each kind is one member. */
+export type NetBackendArgs = {
+  readonly kind: 'tap';
+  /** Attach to this interface, or create it; absent: a new `tapN`. */
+  readonly ifname?: string;
+  readonly queues: number;
+  readonly vnetHdr: boolean;
+};
+
+export interface NetDeviceArgs {
+  readonly backend: NetBackendArgs;
+  readonly queuePairs: number;
+  readonly mac: string;
+  readonly mtu?: number;
+  readonly offloads: boolean;
+}
+
+/** What `control` of a net export takes (VhostUserExport.control). */
+export type NetControlRequest =
+  | { readonly op: 'set-link'; readonly up: boolean }
+  | { readonly op: 'announce' }
+  | { readonly op: 'stats' }
+  | { readonly op: 'info' };
+
+export interface NetInfo {
+  readonly mac: string;
+  readonly linkUp: boolean;
+  readonly queuePairs: number;
+  readonly activePairs: number;
+  /** The tap interface's name (tap back ends). */
+  readonly ifname: string | undefined;
+  readonly features: string;
+}
+
+/** Opens the back ends of a net export: one NetBackend per queue pair (or one for all). */
+export function openNetBackends(args: NetBackendArgs): {
+  readonly backends: readonly NetBackend[];
+  readonly ifname: string | undefined;
+} {
+  switch (args.kind) {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
+    case 'tap': {
+      const tap = TapBackend.open({
+        ...(args.ifname !== undefined && { ifname: args.ifname }),
+        queues: args.queues,
+        vnetHdr: args.vnetHdr,
+      });
+      return { backends: tap.queues, ifname: tap.ifname };
+    }
+  }
+}
 
 /**
  * Maximum queue size of the console and rng devices. A vhost-user front end picks the ring size without asking
@@ -138,6 +196,56 @@ export async function createConsoleDevice(args: ConsoleDeviceArgs): Promise<Devi
     await closeAll(chardevs);
     throw e;
   }
+}
+
+/**
+ * virtio-net over a `--netdev` back end, with a control API for the main thread: `set-link` (the guest sees
+ * carrier on/off), `announce`, `stats` ({@link NetDeviceStats}), `info` ({@link NetInfo}).
+ */
+export function createNetDevice(args: NetDeviceArgs): Promise<DeviceInstance<NetDevice>> {
+  const { backends, ifname } = openNetBackends(args.backend);
+  let device: NetDevice;
+  try {
+    device = new NetDevice({
+      backends,
+      queuePairs: args.queuePairs,
+      mac: args.mac,
+      queueSize: EXPORT_QUEUE_SIZE,
+      offloads: args.offloads,
+      ...(args.mtu !== undefined && { mtu: args.mtu }),
+    });
+  } catch (e) {
+    for (const b of backends) void b.close();
+    throw e;
+  }
+  let closed: Promise<void> | undefined;
+  return Promise.resolve({
+    device,
+    control: (request: unknown): NetDeviceStats | NetInfo | boolean => {
+      const r = request as NetControlRequest;
+      switch (r.op) {
+        case 'set-link':
+          device.setLinkUp(r.up);
+          return device.linkUp;
+        case 'announce':
+          return device.announce();
+        case 'stats':
+          return device.stats;
+        case 'info':
+          return {
+            mac: formatMac(device.config.mac),
+            linkUp: device.linkUp,
+            queuePairs: device.queuePairs,
+            activePairs: device.activePairs,
+            ifname,
+            features: device.deviceFeatures.toString(16),
+          };
+        default:
+          throw new Error(`unknown net control request ${JSON.stringify(request)}`);
+      }
+    },
+    close: () => (closed ??= device.close()),
+  });
 }
 
 /** virtio-rng from the host's crypto source. */

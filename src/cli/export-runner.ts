@@ -8,8 +8,15 @@ import {
   type DeviceFactoryRef,
   type VhostUserExportOptions,
 } from '../transport/vhost-user/vhost-user-export.js';
-import type { BlkDeviceArgs, ChardevArgs, ConsoleDeviceArgs, RngDeviceArgs } from './device-factories.js';
-import type { ChardevPlan, DevicePlan, ExportPlan } from './serve-options.js';
+import type {
+  BlkDeviceArgs,
+  ChardevArgs,
+  ConsoleDeviceArgs,
+  NetBackendArgs,
+  NetDeviceArgs,
+  RngDeviceArgs,
+} from './device-factories.js';
+import type { ChardevPlan, DevicePlan, ExportPlan, NetdevPlan } from './serve-options.js';
 
 /** What the commands use of a started export (VhostUserExport's public surface). */
 export interface ExportHandle {
@@ -50,6 +57,19 @@ function chardevArgs(c: ChardevPlan): ChardevArgs {
   }
 }
 
+function netBackendArgs(n: NetdevPlan): NetBackendArgs {
+  switch (n.kind) {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
+    case 'tap':
+      return {
+        kind: 'tap',
+        queues: n.queues,
+        vnetHdr: n.vnetHdr,
+        ...(n.ifname !== undefined && { ifname: n.ifname }),
+      };
+  }
+}
+
 /** The worker-side factory and its JSON arguments for one export of `plan`. */
 export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactoryRef {
   switch (e.type) {
@@ -78,6 +98,18 @@ export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactory
         }),
       };
       return { module: DEVICE_FACTORIES_MODULE, name: 'createConsoleDevice', args };
+    }
+    case 'vhost-user-net': {
+      const n = plan.netdevs.find((x) => x.id === e.netdev);
+      if (n === undefined) throw new Error(`internal: no netdev ${e.netdev}`);
+      const args: NetDeviceArgs = {
+        backend: netBackendArgs(n),
+        queuePairs: e.queues,
+        mac: e.mac,
+        offloads: e.offloads,
+        ...(e.mtu !== undefined && { mtu: e.mtu }),
+      };
+      return { module: DEVICE_FACTORIES_MODULE, name: 'createNetDevice', args };
     }
     case 'vhost-user-rng': {
       const args: RngDeviceArgs = {};

@@ -2,7 +2,7 @@
  * `ringvm run`: boots a ringvm guest (docs/guest.md) with ringvm's devices attached and gives the user its
  * console — the main command. Two engines:
  *
- * - `uml` (default): user-mode Linux; each export is `virtio_uml.device=SOCK:ID` (blk 2, console 3, rng 4).
+ * - `uml` (default): user-mode Linux; each export is `virtio_uml.device=SOCK:ID` (net 1, blk 2, console 3, rng 4).
  * - `qemu`: QEMU TCG (PC machine) booting Debian's kernel with the busybox initramfs of scripts/guest/build-qemu;
  *   each export is a `vhost-user-*-pci` device (blk with the export's queue count, rng); guest memory is a shared
  *   memfd so the exports can map it. QEMU 7.2 has no vhost-user console device: console exports are refused.
@@ -55,9 +55,11 @@ the words joined with spaces), or an interactive shell on this terminal when the
 
 Device options: as 'ringvm serve' (see 'ringvm serve --help'); addr.path may be left out (a private socket
 is made). The guest sees blk exports as /dev/vda, /dev/vdb... in command-line order.
-  --engine uml   each export is virtio_uml.device=SOCK:ID (blk 2, console 3, rng 4); console ports are hvc0 and
+  --engine uml   each export is virtio_uml.device=SOCK:ID (net 1, blk 2, console 3, rng 4); console ports are hvc0 and
                  /dev/virtio-ports/NAME. UML has no virtio-rng driver: an rng export is attached but unused.
-  --engine qemu  blk exports are vhost-user-blk-pci devices (num-queues from the export), rng exports
+                 A net export is eth0, eth1... in command-line order.
+  --engine qemu  net exports are virtio-net-pci devices on a vhost-user netdev (mq=on for queues>1),
+                 blk exports are vhost-user-blk-pci devices (num-queues from the export), rng exports
                  vhost-user-rng-pci (/dev/hwrng); guest memory is a shared memfd. QEMU has no vhost-user
                  console device: console exports are refused (use --engine uml).
 
@@ -355,6 +357,20 @@ export function qemuCommandLine(plan: RunPlan, kernel: string, initrd: string): 
     initrd,
   ];
   for (const e of plan.devices.exports) {
+    if (e.type === 'vhost-user-net') {
+      // QEMU's virtio-net-pci with a vhost-user netdev: the data path is the export's; QEMU keeps the
+      // control queue itself. MQ: queues pairs, 2 vectors per pair + config + control.
+      const mq = e.queues > 1 ? `,mq=on,vectors=${2 * e.queues + 2}` : '';
+      args.push(
+        '-chardev',
+        `socket,id=${e.id},path=${qemuValue(e.socketPath)}`,
+        '-netdev',
+        `vhost-user,id=${e.id}-netdev,chardev=${e.id}${e.queues > 1 ? `,queues=${e.queues}` : ''}`,
+        '-device',
+        `virtio-net-pci,netdev=${e.id}-netdev,id=${e.id},mac=${e.mac}${mq}`,
+      );
+      continue;
+    }
     const device =
       e.type === 'vhost-user-blk'
         ? `vhost-user-blk-pci,num-queues=${e.numQueues ?? 1}`

@@ -12,6 +12,8 @@
  * --export type=vhost-user-console,id=ID,addr.path=SOCK,chardev=ID[,name=PORTNAME]
  * --export type=vhost-user-rng,id=ID,addr.path=SOCK
  * --device virtserialport,export=ID,chardev=ID,name=NAME     (and virtconsole: another console port)
+ * --netdev tap,id=ID[,ifname=NAME][,queues=N][,vnet_hdr=on|off]
+ * --export type=vhost-user-net,id=ID,netdev=ID,addr.path=SOCK[,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]
  * ```
  *
  * Two stages, both before anything listens: {@link buildDevicePlan} checks the options themselves (keys, types,
@@ -28,7 +30,7 @@ import { parseKeyValue, type KeyValueOptions } from './options.js';
 import type { ArgvOption } from './argv.js';
 
 /** The device options (the rest of a subcommand's options are its own). */
-export const DEVICE_OPTIONS = ['--blockdev', '--chardev', '--export', '--device'] as const;
+export const DEVICE_OPTIONS = ['--blockdev', '--chardev', '--export', '--device', '--netdev'] as const;
 
 export type BlockdevPlan =
   | {
@@ -65,6 +67,21 @@ export type ChardevPlan =
       readonly label: string;
     };
 
+/**
+ * The host side of a net export (`--netdev KIND,id=ID,...`, QEMU's -netdev syntax). One member per kind; a new
+ * kind adds a member here, a case in {@link netdev} and one in export-runner's netBackendArgs.
+ */
+export type NetdevPlan = {
+  readonly kind: 'tap';
+  readonly id: string;
+  /** Attach to this interface or create it (absent: a new tapN). */
+  readonly ifname: string | undefined;
+  /** Tap queues (IFF_MULTI_QUEUE when more than 1): one per virtio-net queue pair. */
+  readonly queues: number;
+  readonly vnetHdr: boolean;
+  readonly label: string;
+};
+
 export interface ConsolePortPlan {
   /** The --chardev id of the port's host side. */
   readonly chardev: string;
@@ -98,12 +115,25 @@ export interface RngExportPlan extends ExportCommon {
   readonly type: 'vhost-user-rng';
 }
 
-export type ExportPlan = BlkExportPlan | ConsoleExportPlan | RngExportPlan;
+export interface NetExportPlan extends ExportCommon {
+  readonly type: 'vhost-user-net';
+  /** The --netdev id of its host side. */
+  readonly netdev: string;
+  readonly mac: string;
+  readonly mtu: number | undefined;
+  /** Queue pairs (MQ when more than 1). */
+  readonly queues: number;
+  /** Offer checksum/TSO offloads (only possible over a vnet-header tap). */
+  readonly offloads: boolean;
+}
+
+export type ExportPlan = BlkExportPlan | ConsoleExportPlan | RngExportPlan | NetExportPlan;
 export type ExportType = ExportPlan['type'];
 
 export interface DevicePlan {
   readonly blockdevs: readonly BlockdevPlan[];
   readonly chardevs: readonly ChardevPlan[];
+  readonly netdevs: readonly NetdevPlan[];
   readonly exports: readonly ExportPlan[];
 }
 
@@ -120,9 +150,26 @@ export const VIRTIO_DEVICE_ID: Readonly<Record<ExportType, number>> = {
   'vhost-user-blk': 2,
   'vhost-user-console': 3,
   'vhost-user-rng': 4,
+  'vhost-user-net': 1,
 };
 
-const EXPORT_TYPES: readonly ExportType[] = ['vhost-user-blk', 'vhost-user-console', 'vhost-user-rng'];
+const EXPORT_TYPES: readonly ExportType[] = [
+  'vhost-user-blk',
+  'vhost-user-console',
+  'vhost-user-rng',
+  'vhost-user-net',
+];
+/** Interface names: at most IFNAMSIZ - 1 bytes, no '/', ':' or whitespace (Linux dev_valid_name). */
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** Linux MAX_TAP_QUEUES; also far more virtqueue pairs than a vhost-user front end sets up. */
+const MAX_NET_QUEUES = 256;
+/** virtio-net MTU bounds (net-config.ts: NET_MTU_MIN, NET_MTU_MAX). */
+const MIN_MTU = 68;
+const MAX_MTU = 65517;
+const MAC = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/i;
+/** Default MACs: QEMU's 52:54:00:12:34:56, then one up per net export. */
+const DEFAULT_MAC_PREFIX = '52:54:00:12:34:';
+const DEFAULT_MAC_LAST = 0x56;
 const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 /** sun_path is 108 bytes on Linux, the last one a NUL. */
 const MAX_SOCKET_PATH_BYTES = 107;
@@ -152,6 +199,7 @@ function identifier(o: KeyValueOptions, key: string): string {
 export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlanOptions = {}): DevicePlan {
   const blockdevs: BlockdevPlan[] = [];
   const chardevs: ChardevPlan[] = [];
+  const netdevs: NetdevPlan[] = [];
   const exportOptions: KeyValueOptions[] = [];
   const deviceOptions: KeyValueOptions[] = [];
 
@@ -162,6 +210,9 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
         break;
       case '--chardev':
         chardevs.push(chardev(parseKeyValue(name, value, { impliedKey: 'backend' })));
+        break;
+      case '--netdev':
+        netdevs.push(netdev(parseKeyValue(name, value, { impliedKey: 'type' })));
         break;
       case '--export':
         exportOptions.push(parseKeyValue(name, value));
@@ -199,6 +250,18 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     chardevById.set(c.id, c);
   }
 
+  const netdevById = new Map<string, NetdevPlan>();
+  for (const n of netdevs) {
+    if (netdevById.has(n.id)) {
+      throw new CliUsageError(`${n.label}: id '${n.id}' is already used by another --netdev`, n.id, {
+        option: '--netdev',
+        key: 'id',
+      });
+    }
+    netdevById.set(n.id, n);
+  }
+  const netdevUser = new Map<string, string>();
+
   /** chardev id → the label of the port that uses it. */
   const chardevUser = new Map<string, string>();
   const useChardev = (o: KeyValueOptions, key: string, id: string): void => {
@@ -211,7 +274,10 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
   };
   const blockdevUser = new Map<string, string>();
 
-  const exports: (BlkExportPlan | RngExportPlan | (ConsoleExportPlan & { ports: ConsolePortPlan[] }))[] = [];
+  const exports: (
+    BlkExportPlan | RngExportPlan | NetExportPlan | (ConsoleExportPlan & { ports: ConsolePortPlan[] })
+  )[] = [];
+  let netExports = 0;
   const exportById = new Map<string, (typeof exports)[number]>();
   for (const o of exportOptions) {
     o.identifyBy('id');
@@ -257,6 +323,8 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
       useChardev(o, 'chardev', chardevId);
       const name = portName(o);
       plan = { type, ...common, ports: [{ chardev: chardevId, name, console: true }] };
+    } else if (type === 'vhost-user-net') {
+      plan = { type, ...common, ...netExport(o, netdevById, netdevUser, netExports++) };
     } else {
       plan = { type, ...common };
     }
@@ -312,6 +380,14 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     }
   }
 
+  for (const n of netdevs) {
+    if (!netdevUser.has(n.id)) {
+      throw new CliUsageError(`${n.label}: not used by any --export type=vhost-user-net`, n.id, {
+        option: '--netdev',
+      });
+    }
+  }
+
   // Every path the command creates or listens on, once.
   const paths = new Map<string, string>();
   const claim = (path: string, label: string, key: string): void => {
@@ -328,7 +404,66 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
   for (const c of chardevs) if (c.backend !== 'stdio') claim(c.path, c.label, 'path');
   for (const b of blockdevs) if (b.driver === 'file') claim(b.filename, b.label, 'filename');
 
-  return { blockdevs, chardevs, exports };
+  return { blockdevs, chardevs, netdevs, exports };
+}
+
+/** The vhost-user-net keys of one --export, checked against its --netdev. */
+function netExport(
+  o: KeyValueOptions,
+  netdevById: ReadonlyMap<string, NetdevPlan>,
+  netdevUser: Map<string, string>,
+  index: number,
+): Omit<NetExportPlan, 'type' | 'id' | 'socketPath' | 'label'> {
+  const netdevId = o.string('netdev');
+  const n = netdevById.get(netdevId);
+  if (n === undefined) throw o.error(`'${netdevId}' is not a --netdev`, 'netdev');
+  const user = netdevUser.get(netdevId);
+  if (user !== undefined)
+    throw o.error(`--netdev '${netdevId}' is already the host side of ${user}`, 'netdev');
+  netdevUser.set(netdevId, o.label);
+  const mac =
+    o.optionalString('mac') ??
+    `${DEFAULT_MAC_PREFIX}${(DEFAULT_MAC_LAST + index).toString(16).padStart(2, '0').slice(-2)}`;
+  if (!MAC.test(mac)) throw o.error(`'${mac}' is not a MAC address like 52:54:00:12:34:56`, 'mac');
+  if ((parseInt(mac.slice(0, 2), 16) & 1) !== 0) throw o.error(`'${mac}' is a multicast address`, 'mac');
+  const mtu = o.optionalInteger('mtu', MIN_MTU, MAX_MTU);
+  const queues = o.optionalInteger('queues', 1, MAX_NET_QUEUES) ?? n.queues;
+  if (n.queues > 1 && queues !== n.queues) {
+    throw o.error(
+      `${queues} queue pairs, but ${n.label} has queues=${n.queues} (one tap queue per pair)`,
+      'queues',
+    );
+  }
+  const offloads = o.bool('offloads', n.vnetHdr);
+  if (offloads && !n.vnetHdr) {
+    throw o.error(`offloads=on needs vnet headers, but ${n.label} has vnet_hdr=off`, 'offloads');
+  }
+  return { netdev: netdevId, mac: mac.toLowerCase(), mtu, queues, offloads };
+}
+
+function netdev(o: KeyValueOptions): NetdevPlan {
+  o.identifyBy('id');
+  const kind = o.choice('type', ['tap']);
+  const id = identifier(o, 'id');
+  let plan: NetdevPlan;
+  switch (kind) {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
+    case 'tap': {
+      const ifname = o.optionalString('ifname');
+      if (ifname !== undefined && !IFNAME.test(ifname)) {
+        throw o.error(
+          `'${ifname}' is not an interface name (1 to 15 letters, digits, '-', '.', '_')`,
+          'ifname',
+        );
+      }
+      const queues = o.optionalInteger('queues', 1, MAX_NET_QUEUES) ?? 1;
+      const vnetHdr = o.bool('vnet_hdr', true);
+      plan = { kind, id, ifname, queues, vnetHdr, label: o.label };
+      break;
+    }
+  }
+  o.finish();
+  return plan;
 }
 
 function portName(o: KeyValueOptions): string | undefined {
@@ -396,6 +531,8 @@ function chardev(o: KeyValueOptions): ChardevPlan {
 
 // ---- host checks ----
 
+const TUN_DEVICE = '/dev/net/tun';
+
 function describeCode(e: unknown): string {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOENT') return 'does not exist';
@@ -443,6 +580,22 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
       await checkDirectory(c.label, 'path', c.path);
       const st = await fs.stat(c.path).catch(() => undefined);
       if (st?.isDirectory() === true) throw hostError(c.label, 'path', `'${c.path}' is a directory`, c.path);
+    }
+  }
+  for (const n of plan.netdevs) {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
+    if (n.kind === 'tap') {
+      try {
+        await fs.access(TUN_DEVICE, constants.R_OK | constants.W_OK);
+      } catch (e) {
+        throw new CliUsageError(
+          `${n.label}: ${TUN_DEVICE} ${describeCode(e)} (the tun module, and root or CAP_NET_ADMIN)`,
+          TUN_DEVICE,
+          {
+            option: '--netdev',
+          },
+        );
+      }
     }
   }
   for (const e of plan.exports) await checkListenPath(e.label, 'addr.path', e.socketPath);

@@ -20,7 +20,7 @@ import {
 import { buildDevicePlan, checkHostResources, DEVICE_OPTIONS } from './serve-options.js';
 import { stopSource } from './stop-signals.js';
 
-export const SERVE_USAGE = `Usage: ringvm serve [--blockdev ...] [--chardev ...] --export ... [--device ...]
+export const SERVE_USAGE = `Usage: ringvm serve [--blockdev ...] [--chardev ...] [--netdev ...] --export ... [--device ...]
 
 Serves virtio devices on vhost-user unix sockets (one socket per --export) until SIGINT or SIGTERM, with
 qemu-storage-daemon's option syntax (key=value,...; a comma inside a value is written ",,").
@@ -39,6 +39,10 @@ Exports (each a vhost-user back end on its own socket):
   --export type=vhost-user-console,id=ID,addr.path=SOCK,chardev=ID[,name=PORTNAME]
                                                                 port 0 (hvc0 in the guest)
   --export type=vhost-user-rng,id=ID,addr.path=SOCK
+  --export type=vhost-user-net,id=ID,netdev=ID,addr.path=SOCK
+           [,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]      virtio-net (UML: SOCK:1)
+Network back ends (host side of net exports):
+  --netdev tap,id=ID[,ifname=NAME][,queues=N][,vnet_hdr=on|off] attach to tap NAME or create one
 Console ports:
   --device virtserialport,export=ID,chardev=ID,name=NAME        /dev/virtio-ports/NAME in the guest
   --device virtconsole,export=ID,chardev=ID[,name=NAME]         another console (hvc1...)

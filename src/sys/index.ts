@@ -36,3 +36,21 @@ export { Epoll, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP, EPOLLET } fro
 export type { EpollWaitResult } from './epoll.js';
 export { watchReadable } from './fd-poll.js';
 export type { FdWatch, FdEvents } from './fd-poll.js';
+export {
+  openTap,
+  setVnetHdrSize,
+  setOffload,
+  setQueueAttached,
+  readFrame,
+  writeFrame,
+  IFF_TAP,
+  IFF_NO_PI,
+  IFF_VNET_HDR,
+  IFF_MULTI_QUEUE,
+  TUN_F_CSUM,
+  TUN_F_TSO4,
+  TUN_F_TSO6,
+  TUN_F_TSO_ECN,
+  TUN_F_UFO,
+} from './tun.js';
+export type { TapOpenOptions, TapQueue } from './tun.js';

@@ -136,3 +136,17 @@ export const epoll_ctl = declare('int epoll_ctl(int epfd, int op, int fd, void *
 ) => number;
 export const epoll_wait: (epfd: number, events: Pointer, maxevents: number, timeout: number) => number =
   declare('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
+
+// ioctl is variadic; on x86-64 a non-variadic declaration passes the third argument in the same register. Two
+// prototypes: one for requests that take a pointer (TUNSETIFF's ifreq), one for those that take a value
+// (TUNSETOFFLOAD's flags).
+export const ioctlPtr = declare('int ioctl(int fd, unsigned long request, void *arg)') as (
+  fd: number,
+  request: number,
+  arg: Uint8Array,
+) => number;
+export const ioctlValue = declare('int ioctl(int fd, unsigned long request, unsigned long arg)') as (
+  fd: number,
+  request: number,
+  arg: number,
+) => number;
