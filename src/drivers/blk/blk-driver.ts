@@ -7,7 +7,7 @@
  * handle with a {@link BlkDriverError} `BAD_CONFIG` (the bus then reports PROBE_FAILED and sets FAILED), and sets
  * up one request queue per device queue (MQ, up to {@link VirtioBlkDriverOptions.maxQueues}).
  *
- * The bound device's API is a {@link VirtioBlkDisk} (`driver.disk(dev)`): `read`, `write`, `flush`, `getId`,
+ * The bound device's API is a {@link VirtioBlkDisk} (`driver.disk(dev)`): `read`, `write`, `readInto`, `writeFrom`, `flush`, `getId`,
  * `discard`, `writeZeroes`, each a Promise. Any number may be in flight: requests are spread over the queues
  * round robin, wait in a per-queue backlog when a ring is full, and complete by token (the request object itself
  * is the ring token). A request larger than what one descriptor may carry (`size_max`, or 4 MiB) is split into
@@ -20,8 +20,12 @@
  * (VIRTIO_BLK_S_IOERR), `UNSUPPORTED` (VIRTIO_BLK_S_UNSUPP). A queue the device breaks (bad used element) fails
  * its requests with `QUEUE_BROKEN`; removing the device fails what is left with `REMOVED`.
  *
- * Buffers: each request takes a header+status block and a data buffer from the transport's allocator (guest
- * memory the device can reach), copies data in (writes) or out (reads), and frees both on completion.
+ * Buffers: each request's header and status live in a slot of a per-disk pool ({@link BLK_SLOT_BYTES} each,
+ * carved from the transport's allocator {@link BLK_SLOTS_PER_CHUNK} at a time and reused, never freed per
+ * request). `read` and `write` copy the data through a buffer allocated per request. The zero-copy pair
+ * `readInto` / `writeFrom` works on a {@link BlkBuffer} the caller took with `allocBuffer`: the device reads
+ * and writes the caller's guest memory directly, and the caller reuses the buffer for as many requests as it
+ * likes (one request at a time per byte of it), then gives it back with `freeBuffer`.
  *
  * The wire layout comes from src/devices/blk/blk-layout.ts (pure constants, shared with the device model; see
  * docs/drivers.md for the proposal to move it to the spec core).
@@ -62,6 +66,28 @@ import type { GuestMemory } from '../../virtio/guest-memory.js';
 
 /** Largest data buffer of one request when the device sets no size_max. */
 export const BLK_DEFAULT_MAX_SEGMENT = 4 << 20;
+/**
+ * Bytes of one request's header slot: the 16-byte header, a 16-byte discard/write-zeroes segment and the
+ * status byte, rounded up so slots stay 16-byte aligned.
+ */
+export const BLK_SLOT_BYTES = 48;
+/** Header slots carved from the allocator at once when the pool is empty. */
+export const BLK_SLOTS_PER_CHUNK = 64;
+/** Alignment of {@link VirtioBlkDisk.allocBuffer} buffers: a page, like the buffers O_DIRECT wants. */
+export const BLK_BUFFER_ALIGN = 4096;
+
+/**
+ * A data buffer in guest memory for zero-copy I/O ({@link VirtioBlkDisk.readInto} / `writeFrom`). `bytes`
+ * aliases the guest memory the device reads and writes: what a `readInto` put there is valid once its promise
+ * resolved, and it must not change while a `writeFrom` of it is in flight.
+ */
+export interface BlkBuffer {
+  /** Guest address of the first byte. */
+  readonly addr: number;
+  readonly length: number;
+  /** A view of the guest memory (no copy). */
+  readonly bytes: Uint8Array;
+}
 
 export type BlkDriverErrorCode =
   | 'READ_ONLY'
@@ -112,6 +138,8 @@ interface Request {
   /** Data buffer (0 when none) and its length. */
   readonly data: number;
   readonly dataLen: number;
+  /** The data buffer was allocated for this request (freed with it), not lent by the caller. */
+  readonly ownsData: boolean;
   readonly out: ScatterEntry[];
   readonly inn: ScatterEntry[];
   readonly resolve: (req: Request) => void;
@@ -134,6 +162,11 @@ export class VirtioBlkDisk {
   readonly #queues: QueueState[] = [];
   #next = 0;
   #removed: BlkDriverError | undefined;
+  /** Free header slots (guest addresses), and the chunks they were carved from. */
+  readonly #slots: number[] = [];
+  readonly #slotChunks: number[] = [];
+  /** Buffers handed out by allocBuffer and not yet freed. */
+  readonly #buffers = new WeakSet<BlkBuffer>();
 
   /** @internal made by the driver's probe */
   constructor(dev: VirtioBusDevice, config: BlkConfig) {
@@ -195,6 +228,43 @@ export class VirtioBlkDisk {
         }
       }),
     );
+  }
+
+  /**
+   * A buffer of `length` bytes of guest memory for {@link readInto} / {@link writeFrom}, page-aligned. Throws
+   * the allocator's `OUT_OF_MEMORY` UsageError when the transport's memory is exhausted.
+   */
+  allocBuffer(length: number): BlkBuffer {
+    this.#checkLive();
+    if (!Number.isSafeInteger(length) || length <= 0) {
+      throw new BlkDriverError('INVALID_ARGUMENT', `buffer length ${length} is not positive`, length);
+    }
+    const addr = this.allocator.alloc(length, BLK_BUFFER_ALIGN);
+    const buffer: BlkBuffer = { addr, length, bytes: this.memory.slice(addr, length) };
+    this.#buffers.add(buffer);
+    return buffer;
+  }
+
+  /** Gives back a buffer from {@link allocBuffer}; no request of it may be in flight. */
+  freeBuffer(buffer: BlkBuffer): void {
+    if (!this.#buffers.delete(buffer)) {
+      throw new BlkDriverError('INVALID_ARGUMENT', 'not a live buffer of this disk', buffer.addr);
+    }
+    this.allocator.free(buffer.addr);
+  }
+
+  /**
+   * Reads `length` bytes (whole sectors, default the whole buffer) from `sector` straight into `buffer`'s guest
+   * memory: no copy on this side.
+   */
+  async readInto(sector: number, buffer: BlkBuffer, length = buffer.length): Promise<void> {
+    await this.#lent(BlkRequestType.VIRTIO_BLK_T_IN, sector, buffer, length);
+  }
+
+  /** Writes the first `length` bytes of `buffer` (whole sectors, default all of it) at `sector`, with no copy. */
+  async writeFrom(sector: number, buffer: BlkBuffer, length = buffer.length): Promise<void> {
+    this.#checkWritable('write');
+    await this.#lent(BlkRequestType.VIRTIO_BLK_T_OUT, sector, buffer, length);
   }
 
   /** Flushes the device's write cache (resolves at once when the device has no FLUSH: it writes through). */
@@ -288,6 +358,38 @@ export class VirtioBlkDisk {
     this.#config = { ...this.#config, capacity };
   }
 
+  /** IN / OUT on a caller's buffer, split like any request larger than a segment. */
+  async #lent(type: number, sector: number, buffer: BlkBuffer, length: number): Promise<void> {
+    if (!this.#buffers.has(buffer)) {
+      throw new BlkDriverError('INVALID_ARGUMENT', 'not a live buffer of this disk', buffer.addr);
+    }
+    if (length > buffer.length) {
+      throw new BlkDriverError(
+        'INVALID_ARGUMENT',
+        `length ${length} is longer than the ${buffer.length}-byte buffer`,
+        length,
+      );
+    }
+    this.#checkRange(sector, length);
+    const chunks = this.#chunks(sector, length);
+    if (chunks.length === 1) {
+      await this.#run(this.#request(type, sector, buffer.addr, 0, length, false));
+      return;
+    }
+    await Promise.all(
+      chunks.map(([s, off, len]) => this.#run(this.#request(type, s, buffer.addr + off, 0, len, false))),
+    );
+  }
+
+  /** Submits and frees the request when it settles. */
+  async #run(req: Request): Promise<void> {
+    try {
+      await this.#submit(req);
+    } finally {
+      this.#free(req);
+    }
+  }
+
   #dwz(type: number, sector: number, count: number, flags: number, maxSectors: number): Promise<void> {
     this.#checkWritable(type === BlkRequestType.VIRTIO_BLK_T_DISCARD ? 'discard' : 'write zeroes');
     if (maxSectors === 0) {
@@ -338,7 +440,7 @@ export class VirtioBlkDisk {
     const data = this.allocator.alloc(length, 16);
     if (src !== undefined) this.memory.write(data, src);
     try {
-      return this.#request(type, sector, data, 0, length);
+      return this.#request(type, sector, data, 0, length, true);
     } catch (e) {
       this.allocator.free(data);
       throw e;
@@ -349,9 +451,16 @@ export class VirtioBlkDisk {
    * A request with its header+status block (`extra` bytes of readable segment after the header) and an
    * optional data buffer (`data`, `dataLen`; writable for IN and GET_ID, readable otherwise).
    */
-  #request(type: number, sector: number, data: number, extra: number, dataLen = 0): Request {
+  #request(
+    type: number,
+    sector: number,
+    data: number,
+    extra: number,
+    dataLen = 0,
+    ownsData = false,
+  ): Request {
     this.#checkLive();
-    const block = this.allocator.alloc(BLK_REQ_HEADER_SIZE + extra + 16, 16);
+    const block = this.#takeSlot();
     const m = this.memory;
     m.writeU32(block + BLK_REQ_TYPE_OFFSET, type);
     m.writeU32(block + BLK_REQ_RESERVED_OFFSET, 0);
@@ -376,6 +485,7 @@ export class VirtioBlkDisk {
       statusAddr,
       data: dataLen > 0 ? data : 0,
       dataLen,
+      ownsData: ownsData && dataLen > 0,
       out,
       inn,
       resolve,
@@ -386,8 +496,24 @@ export class VirtioBlkDisk {
   }
 
   #free(req: Request): void {
-    this.allocator.free(req.block);
-    if (req.dataLen > 0) this.allocator.free(req.data);
+    this.#slots.push(req.block);
+    if (req.ownsData) this.allocator.free(req.data);
+  }
+
+  /** A header slot from the pool, carving a new chunk from the allocator when it is empty. */
+  #takeSlot(): number {
+    const slot = this.#slots.pop();
+    if (slot !== undefined) return slot;
+    const chunk = this.allocator.alloc(BLK_SLOT_BYTES * BLK_SLOTS_PER_CHUNK, 16);
+    this.#slotChunks.push(chunk);
+    for (let i = BLK_SLOTS_PER_CHUNK - 1; i > 0; i--) this.#slots.push(chunk + i * BLK_SLOT_BYTES);
+    return chunk;
+  }
+
+  /** @internal After removal (nothing is on the rings any more): the slot pool goes back to the allocator. */
+  _releaseSlots(): void {
+    for (const chunk of this.#slotChunks.splice(0)) this.allocator.free(chunk);
+    this.#slots.length = 0;
   }
 
   /** Puts the request on a queue (or its backlog) and resolves when the device completed it with OK. */
@@ -559,6 +685,7 @@ export class VirtioBlkDriver implements VirtioDriver {
     disk?._fail(new BlkDriverError('REMOVED', `${dev.name} was removed`, dev.index));
     disk?._detachAll();
     await dev.delVqs();
+    disk?._releaseSlots();
   }
 
   configChanged(dev: VirtioBusDevice): void {

@@ -156,6 +156,42 @@ describe(
       );
     });
 
+    it('zero copy: writeFrom and readInto work on a guest buffer the caller reuses (split too)', async () => {
+      const d = disks.modern!;
+      const allocations = d.allocator.allocations;
+      const big = d.allocBuffer(5 * MiB); // larger than one segment: split into several requests
+      const data = pattern(5 * MiB, 41);
+      big.bytes.set(data);
+      await d.writeFrom(4096, big);
+      big.bytes.fill(0);
+      await d.readInto(4096, big);
+      assert.ok(Buffer.from(big.bytes).equals(data), 'read back into the same buffer');
+      const host = readFileSync(files.modern);
+      assert.ok(
+        host.subarray(4096 * SECTOR, 4096 * SECTOR + data.length).equals(data),
+        'the host file agrees',
+      );
+      // A prefix of the buffer; then several requests in flight at once on one buffer.
+      const small = d.allocBuffer(64 * SECTOR);
+      await d.readInto(4096 + 8, small, 8 * SECTOR);
+      assert.ok(
+        Buffer.from(small.bytes.subarray(0, 8 * SECTOR)).equals(data.subarray(8 * SECTOR, 16 * SECTOR)),
+      );
+      await Promise.all(Array.from({ length: 8 }, (_, i) => d.readInto(4096 + i * 8, small, 8 * SECTOR)));
+      await assert.rejects(d.readInto(0, small, 65 * SECTOR), { code: 'INVALID_ARGUMENT' });
+      await assert.rejects(d.readInto(d.config.capacity, small, SECTOR), { code: 'OUT_OF_RANGE' });
+      d.freeBuffer(big);
+      d.freeBuffer(small);
+      assert.throws(
+        () => {
+          d.freeBuffer(small);
+        },
+        { code: 'INVALID_ARGUMENT' },
+      );
+      await assert.rejects(d.readInto(0, small), { code: 'INVALID_ARGUMENT' }, 'a freed buffer is refused');
+      assert.equal(d.allocator.allocations, allocations, 'every buffer went back to the allocator');
+    });
+
     it('write zeroes and discard reach the image', async () => {
       const d = disks.modern!;
       if (d.config.maxWriteZeroesSectors > 0) {
