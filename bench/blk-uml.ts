@@ -82,6 +82,10 @@ function guestScript(sizes: readonly number[]): string {
   return lines.join('\n');
 }
 
+function mib(r: { total: number; anon: number; file: number }): string {
+  return `${(r.total / 1024).toFixed(1)} MiB (${(r.anon / 1024).toFixed(1)} + ${(r.file / 1024).toFixed(1)})`;
+}
+
 /** Seconds per round, per phase, per disk: `times[disk][phase][round]`. */
 function parsePhases(stdout: string, disks: number): number[][][] {
   const times: number[][][] = Array.from({ length: disks }, () =>
@@ -116,9 +120,11 @@ async function waitForPath(path: string, child: ChildProcess, timeoutMs: number)
   return Number(process.hrtime.bigint() - start) / 1e6;
 }
 
-function rssKiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m === null ? NaN : Number(m[1]);
+/** Resident memory in KiB: total, anonymous (the process's own) and file-backed (its binary and libraries). */
+function rssKiB(pid: number): { total: number; anon: number; file: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { total: field('VmRSS'), anon: field('RssAnon'), file: field('RssFile') };
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -235,7 +241,7 @@ export async function runBlkUmlBench(): Promise<void> {
     });
     console.log(
       `time to listening: ringvm ${servers[0]!.listenMs.toFixed(0)} ms, qemu-storage-daemon ${servers[1]!.listenMs.toFixed(0)} ms; ` +
-        `RSS after the run: ringvm ${(rss[0]! / 1024).toFixed(1)} MiB, qemu-storage-daemon ${(rss[1]! / 1024).toFixed(1)} MiB`,
+        `RSS after the run (anonymous + file-backed): ringvm ${mib(rss[0]!)}, qemu-storage-daemon ${mib(rss[1]!)}`,
     );
   } finally {
     await Promise.all(servers.map((s) => stop(s.child)));

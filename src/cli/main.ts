@@ -7,10 +7,7 @@ import { realpathSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { pathToFileURL } from 'node:url';
 import { CliUsageError } from './cli-error.js';
-import { runImg } from './img/img.js';
 import { ringvmPackage } from './package-root.js';
-import { runRun } from './run.js';
-import { runServe } from './serve.js';
 
 export { CliUsageError } from './cli-error.js';
 
@@ -65,9 +62,11 @@ export async function main(
       out(`ringvm ${ringvmPackage().version}\n`);
       return 0;
     }
-    if (first === 'serve') return await runServe(rest, { out, err });
-    if (first === 'run') return await runRun(rest, { out, err });
-    if (first === 'img') return await runImg(rest, { out, err, ...terminal });
+    // Each command's modules load only when it runs: `ringvm serve` starts listening sooner without img's and
+    // run's module graphs (img's alone pulls in koffi on the main thread; docs/benchmarks.md).
+    if (first === 'serve') return await (await import('./serve.js')).runServe(rest, { out, err });
+    if (first === 'run') return await (await import('./run.js')).runRun(rest, { out, err });
+    if (first === 'img') return await (await import('./img/img.js')).runImg(rest, { out, err, ...terminal });
     throw new CliUsageError(
       first.startsWith('-') ? `unknown option '${first}'` : `unknown command '${first}'`,
       first,
