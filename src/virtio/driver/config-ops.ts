@@ -23,6 +23,11 @@ export interface VirtioConfigOps {
   /** A short description of where the device is, for messages (e.g. `loopback:0`, `pci:0000:00:04.0`). */
   readonly location: string;
   /**
+   * The transport speaks the legacy (pre-1.0) interface, e.g. virtio-pci's legacy I/O BAR: the device offers no
+   * VIRTIO_F_VERSION_1 and the bus negotiates without FEATURES_OK (§3.1.1 "legacy interface"). Absent: false.
+   */
+  readonly legacy?: boolean;
+  /**
    * The guest memory the device can reach (Linux's DMA-able memory): drivers place their buffers here and pass
    * guest-physical addresses to addBuf.
    */

@@ -7,6 +7,9 @@
  * (driver table + transport bits), `validate`, finalize, 5. FEATURES_OK, 6. re-read the status: FEATURES_OK must
  * have stuck, 7. driver `probe` (queues, config), 8. DRIVER_OK unless the driver already set it.
  *
+ * A device without VIRTIO_F_VERSION_1 is refused (LEGACY_DEVICE) unless its transport is a legacy one
+ * (`ops.legacy`); then steps 5 and 6 do not exist, as for Linux's legacy devices.
+ *
  * Any failure sets FAILED, leaves the device unbound and is reported (`dev.probeError`, `onError`).
  *
  * ```ts
@@ -142,7 +145,8 @@ export class VirtioBus {
     try {
       await dev.addStatus(DeviceStatus.DRIVER);
       const offered = await ops.getFeatures();
-      if (!hasFeature(offered, VirtioFeature.VIRTIO_F_VERSION_1)) {
+      const modern = hasFeature(offered, VirtioFeature.VIRTIO_F_VERSION_1);
+      if (!modern && ops.legacy !== true) {
         throw probeError('LEGACY_DEVICE', `${dev.name} does not offer VIRTIO_F_VERSION_1`, offered);
       }
       dev._setFeatures(offered & (featureSet(...driver.featureTable) | TRANSPORT_FEATURES), true);
@@ -160,14 +164,17 @@ export class VirtioBus {
       }
       dev._setFeatures(dev.features, false);
       await ops.finalizeFeatures(dev.features);
-      await dev.addStatus(DeviceStatus.FEATURES_OK);
-      const status = await ops.getStatus();
-      if ((status & DeviceStatus.FEATURES_OK) === 0) {
-        throw probeError(
-          'FEATURES_NOT_ACCEPTED',
-          `${dev.name} did not accept features 0x${dev.features.toString(16)} (status ${describeStatus(status)})`,
-          dev.features,
-        );
+      // A legacy device has no FEATURES_OK: the features written are the features (Linux virtio_features_ok).
+      if (modern) {
+        await dev.addStatus(DeviceStatus.FEATURES_OK);
+        const status = await ops.getStatus();
+        if ((status & DeviceStatus.FEATURES_OK) === 0) {
+          throw probeError(
+            'FEATURES_NOT_ACCEPTED',
+            `${dev.name} did not accept features 0x${dev.features.toString(16)} (status ${describeStatus(status)})`,
+            dev.features,
+          );
+        }
       }
       try {
         await driver.probe(dev);

@@ -54,7 +54,7 @@ export interface VirtioDriver {
 }
 
 export type ProbeErrorCode =
-  /** The device does not offer VIRTIO_F_VERSION_1; legacy devices are not supported. */
+  /** The device does not offer VIRTIO_F_VERSION_1 and its transport is not a legacy one. */
   | 'LEGACY_DEVICE'
   /** The driver's `validate` refused the device. */
   | 'VALIDATE_FAILED'
