@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VirtioBlkDriver, BlkDriverError } from '../../../src/drivers/blk/blk-driver.js';
+import { VirtioBlkDriver, BlkDriverError, type VirtioBlkDisk } from '../../../src/drivers/blk/blk-driver.js';
 import { VirtioRngDriver } from '../../../src/drivers/rng/rng-driver.js';
 import { QtestLink } from '../../../src/transport/pci/qtest-link.js';
 import { openVirtioPciDevices } from '../../../src/transport/pci/virtio-pci-modern.js';
@@ -30,6 +30,23 @@ const CASES: [HostileUsedMode, string][] = [
   ['len-too-large', 'USED_LEN_TOO_LARGE'],
   ['not-a-head', 'USED_ID_NOT_HEAD'],
 ];
+
+/** The first read fails with QUEUE_BROKEN caused by a VirtqueueError `code`; the queue stays broken after it. */
+async function expectBrokenQueue(disk: VirtioBlkDisk, code: string): Promise<void> {
+  const first = await disk.read(0, 4096).then(
+    () => assert.fail('a read answered with a bad used element must not succeed'),
+    (e: unknown) => e,
+  );
+  assert.ok(first instanceof BlkDriverError, String(first));
+  assert.equal(first.code, 'QUEUE_BROKEN');
+  assert.ok(first.cause instanceof VirtqueueError, `cause: ${String(first.cause)}`);
+  assert.equal(first.cause.code, code);
+  // The queue stays broken: later requests fail the same way, without reaching the device.
+  await assert.rejects(
+    disk.read(8, 512),
+    (e: unknown) => e instanceof BlkDriverError && e.code === 'QUEUE_BROKEN',
+  );
+}
 
 describe('blk driver against a device that returns bad used elements', { timeout: 60_000 }, () => {
   let work = '';
@@ -58,19 +75,7 @@ describe('blk driver against a device that returns bad used elements', { timeout
       const dev = await bus.addDevice(frontend);
       try {
         const disk = driver.disk(dev);
-        const first = await disk.read(0, 4096).then(
-          () => assert.fail('a read answered with a bad used element must not succeed'),
-          (e: unknown) => e,
-        );
-        assert.ok(first instanceof BlkDriverError, String(first));
-        assert.equal(first.code, 'QUEUE_BROKEN');
-        assert.ok(first.cause instanceof VirtqueueError, `cause: ${String(first.cause)}`);
-        assert.equal(first.cause.code, code);
-        // The queue stays broken: later requests fail the same way, without reaching the device.
-        await assert.rejects(
-          disk.read(8, 512),
-          (e: unknown) => e instanceof BlkDriverError && e.code === 'QUEUE_BROKEN',
-        );
+        await expectBrokenQueue(disk, code);
       } finally {
         await bus.removeDevice(dev);
         await frontend.close();
@@ -126,18 +131,7 @@ describe(
           assert.deepEqual(errors, []);
           const disk = blk.disk(dev);
           assert.equal(disk.size, 2048 * 512);
-          const first = await disk.read(0, 4096).then(
-            () => assert.fail('a read answered with a bad used element must not succeed'),
-            (e: unknown) => e,
-          );
-          assert.ok(first instanceof BlkDriverError, String(first));
-          assert.equal(first.code, 'QUEUE_BROKEN');
-          assert.ok(first.cause instanceof VirtqueueError, `cause: ${String(first.cause)}`);
-          assert.equal(first.cause.code, code);
-          await assert.rejects(
-            disk.read(8, 512),
-            (e: unknown) => e instanceof BlkDriverError && e.code === 'QUEUE_BROKEN',
-          );
+          await expectBrokenQueue(disk, code);
           // Nothing else broke: QEMU answers and the other device on the machine still works; the export stops cleanly.
           assert.equal(link.isClosed, false);
           const bytes = await rng.source(rngDev).read(4096);
