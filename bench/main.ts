@@ -3,6 +3,7 @@
  * targets come from the issues and are printed beside them. This is not a test: it never fails on a slow run.
  */
 import { runBlkUmlBench } from './blk-uml.js';
+import { printSwitchBench, runSwitchBench } from './net-switch.js';
 import { RING_SCENARIOS, runRingBench } from './rings.js';
 import { runVhostBlkBench } from './vhost-blk.js';
 
@@ -13,10 +14,20 @@ function mega(n: number): string {
   return `${(n / 1e6).toFixed(2)} M/s`;
 }
 
+async function switchBench(quick: boolean): Promise<void> {
+  const frames = quick ? 200_000 : 2_000_000;
+  const rounds = quick ? 1 : 3;
+  printSwitchBench(await runSwitchBench({ frames, rounds }), frames, rounds);
+}
+
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   if (process.argv.includes('--vhost-only')) {
     await runVhostBlkBench({ quick });
+    return;
+  }
+  if (process.argv.includes('--switch-only')) {
+    await switchBench(quick);
     return;
   }
   if (process.argv.includes('--blk-only')) {
@@ -49,6 +60,7 @@ async function main(): Promise<void> {
   if (!process.argv.includes('--rings-only')) {
     await runBlkUmlBench();
     await runVhostBlkBench({ quick });
+    await switchBench(quick);
   }
 }
 

@@ -18,6 +18,9 @@
 import { NetBackendError, type NetBackend, type NetBackendEvents } from '../../devices/net/net-backend.js';
 import { SwitchFrameRing } from './switch-frame-ring.js';
 
+/** Period of the timer that keeps the thread's event loop alive while the port is open (it never does work). */
+export const KEEP_ALIVE_MS = 1 << 30;
+
 /** The two rings of a cross-thread switch port (structured-clone-able). */
 export interface SwitchPortHandle {
   readonly name: string;
@@ -39,6 +42,8 @@ export class SwitchPortBackend implements NetBackend {
   #paused = false;
   #closed = false;
   #lastLink: boolean;
+  /** A pending Atomics.waitAsync does not keep a Node thread alive; an open port does (as an open socket does). */
+  #keepAlive: NodeJS.Timeout | undefined;
 
   constructor(handle: SwitchPortHandle) {
     this.name = handle.name;
@@ -54,6 +59,7 @@ export class SwitchPortBackend implements NetBackend {
 
   start(events: NetBackendEvents): void {
     this.#events = events;
+    this.#keepAlive ??= setInterval(() => undefined, KEEP_ALIVE_MS);
     this.#armReadable();
   }
 
@@ -119,6 +125,7 @@ export class SwitchPortBackend implements NetBackend {
   close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      clearInterval(this.#keepAlive);
       this.#tx.close();
     }
     return Promise.resolve();

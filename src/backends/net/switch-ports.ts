@@ -13,7 +13,7 @@
  */
 import { NetBackendError, type NetBackend } from '../../devices/net/net-backend.js';
 import { FRAME_RING_DEFAULT_BYTES, SwitchFrameRing, createFrameRingBuffer } from './switch-frame-ring.js';
-import type { SwitchPortHandle } from './switch-port-backend.js';
+import { KEEP_ALIVE_MS, type SwitchPortHandle } from './switch-port-backend.js';
 
 /** Per-port counters; rx = into the switch from the port, tx = out of the switch to the port. */
 export interface SwitchPortStats {
@@ -201,6 +201,8 @@ export class SharedSwitchPort extends SwitchPort {
   readonly #toDevice: SwitchFrameRing;
   #waiting = false;
   #waitingRoom = false;
+  /** Pending Atomics.waitAsync calls do not keep the thread alive; an open port does. */
+  readonly #keepAlive = setInterval(() => undefined, KEEP_ALIVE_MS);
 
   constructor(
     sw: SwitchIngress,
@@ -293,6 +295,7 @@ export class SharedSwitchPort extends SwitchPort {
 
   override async close(): Promise<void> {
     await super.close();
+    clearInterval(this.#keepAlive);
     this.#toDevice.setLink(false);
     this.#toDevice.close();
   }
