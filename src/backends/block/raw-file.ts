@@ -235,9 +235,25 @@ export class RawFileBackend implements BlockBackend {
         throw this.#ioError('map', pos, this.size - pos, e);
       }
       if (dataAt > pos)
-        yield { start: pos, length: dataAt - pos, data: false, zero: true, depth: 0, offset: pos };
+        yield {
+          start: pos,
+          length: dataAt - pos,
+          data: false,
+          zero: true,
+          present: true,
+          depth: 0,
+          offset: pos,
+        };
       if (holeAt > dataAt) {
-        yield { start: dataAt, length: holeAt - dataAt, data: true, zero: false, depth: 0, offset: dataAt };
+        yield {
+          start: dataAt,
+          length: holeAt - dataAt,
+          data: true,
+          zero: false,
+          present: true,
+          depth: 0,
+          offset: dataAt,
+        };
       }
       pos = holeAt;
     }

@@ -15,11 +15,12 @@
  * the copy must survive a power cut.
  */
 import { realpath } from 'node:fs/promises';
+import { Qcow2Image, type Qcow2CreateOptions } from '../../backends/block/qcow2/index.js';
 import { RawFileBackend } from '../../backends/block/raw-file.js';
 import type { MapExtent } from '../../backends/block/map-extent.js';
 import { CliUsageError } from '../cli-error.js';
 import { parseImgArgv } from './img-argv.js';
-import { createRaw, parseCreateOptions } from './img-create.js';
+import { createRaw, parseCreateOptions, qcow2Options } from './img-create.js';
 import { ImgError } from './img-error.js';
 import { formatOption, openImgImage, type OpenedImage } from './img-image.js';
 import type { ImgIo } from './img-io.js';
@@ -81,6 +82,35 @@ export async function writeNonZeroRuns(
   if (runStart >= 0) await write(start + runStart, data.subarray(runStart));
 }
 
+/**
+ * A new qcow2 image; with `compress` every non-zero cluster is written compressed (as qemu-img convert -c; the
+ * back end stores a cluster that does not shrink plainly).
+ */
+async function qcow2Target(
+  path: string,
+  size: number,
+  options: Qcow2CreateOptions,
+  compress: boolean,
+): Promise<ConvertTarget> {
+  await Qcow2Image.create(path, { ...options, size });
+  const image = await Qcow2Image.open(path, { readOnly: false });
+  const cluster = image.clusterSize;
+  return {
+    granularity: cluster,
+    write: async (offset, data) => {
+      if (!compress) {
+        await image.writev(offset, [data]);
+        return;
+      }
+      // Runs start and end on cluster boundaries (the granularity); the disk's last cluster may be partial.
+      for (let pos = 0; pos < data.length; pos += cluster) {
+        await image.writeCompressed(offset + pos, data.subarray(pos, pos + cluster));
+      }
+    },
+    close: () => image.close(),
+  };
+}
+
 async function rawTarget(path: string, size: number): Promise<ConvertTarget> {
   await createRaw(path, size);
   const backend = await RawFileBackend.open(path, { readOnly: false });
@@ -98,7 +128,7 @@ async function copy(
   onProgress: (doneBytes: number) => void,
 ): Promise<void> {
   const extents: MapExtent[] = [];
-  for (const e of source.backend.map()) extents.push(e);
+  for await (const e of source.backend.map()) extents.push(e);
   const total = source.backend.size;
   // Zero ranges count as done from the start.
   let done = total - extents.reduce((n, e) => n + (e.data && !e.zero ? e.length : 0), 0);
@@ -142,12 +172,16 @@ export async function runConvert(argv: readonly string[], io: ImgIo): Promise<nu
   }
   const targetFormat = formatOption(args.value('O'), '-O') ?? 'raw';
   const createOptions = parseCreateOptions(args.values('o'), targetFormat, COMMAND);
-  if (createOptions.has('size')) {
-    throw new CliUsageError(`${COMMAND}: -o size: the size is the source's`, 'size', {
-      option: '-o',
-      key: 'size',
-    });
+  for (const key of ['size', 'backing_file', 'backing_fmt']) {
+    if (createOptions.has(key)) {
+      throw new CliUsageError(
+        `${COMMAND}: -o ${key}: not for convert (the destination gets the source's size and whole contents)`,
+        key,
+        { option: '-o', key },
+      );
+    }
   }
+  const layout = targetFormat === 'qcow2' ? qcow2Options(createOptions, COMMAND) : {};
   if (args.flag('c') && targetFormat === 'raw') {
     throw new CliUsageError(`${COMMAND}: -c: compression is not supported for file format 'raw'`, '-c', {
       option: '-c',
@@ -165,14 +199,10 @@ export async function runConvert(argv: readonly string[], io: ImgIo): Promise<nu
     if (same) {
       throw new ImgError('NOT_POSSIBLE', `'${targetPath}' is the source image itself`, targetPath);
     }
-    if (targetFormat === 'qcow2') {
-      throw new ImgError(
-        'BAD_FORMAT',
-        `'${targetPath}': qcow2 images are not supported by this build yet`,
-        targetPath,
-      );
-    }
-    const target = await rawTarget(targetPath, source.backend.size);
+    const target =
+      targetFormat === 'qcow2'
+        ? await qcow2Target(targetPath, source.backend.size, layout, args.flag('c'))
+        : await rawTarget(targetPath, source.backend.size);
     const bar = new ProgressBar(
       { write: io.err, isTTY: io.errIsTTY === true, columns: io.columns },
       { enabled: args.flag('p') && !args.flag('q') },

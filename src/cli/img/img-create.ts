@@ -3,6 +3,7 @@
  * file is created, or truncated when it exists; a qcow2 overlay's size defaults to its backing file's.
  */
 import { promises as fs } from 'node:fs';
+import { Qcow2Image, type Qcow2CreateOptions } from '../../backends/block/qcow2/index.js';
 import { CliUsageError } from '../cli-error.js';
 import { splitItems } from '../options.js';
 import { parseImgArgv } from './img-argv.js';
@@ -89,7 +90,86 @@ export async function runCreate(argv: readonly string[], io: ImgIo): Promise<num
     if (!args.flag('q')) io.out(`Formatting '${file}', fmt=raw size=${size}\n`);
     return 0;
   }
-  throw new ImgError('BAD_FORMAT', `'${file}': qcow2 images are not supported by this build yet`, file);
+  const backingFile = args.value('b') ?? options.get('backing_file');
+  const backingFormatText = args.value('F') ?? options.get('backing_fmt');
+  if (backingFormatText !== undefined && backingFile === undefined) {
+    throw new CliUsageError(
+      `${COMMAND}: -F: a backing format without a backing file (-b)`,
+      backingFormatText,
+      {
+        option: '-F',
+      },
+    );
+  }
+  if (size === undefined && backingFile === undefined) {
+    throw new CliUsageError(
+      `${COMMAND}: SIZE: missing (the image size, e.g. 20G, or a backing file with -b)`,
+      '',
+    );
+  }
+  const backingFormat = formatOption(backingFormatText, '-F');
+  const created: Qcow2CreateOptions = {
+    ...qcow2Options(options, COMMAND),
+    ...(size !== undefined && { size }),
+    ...(backingFile !== undefined && { backingFile }),
+    ...(backingFormat !== undefined && { backingFormat }),
+  };
+  await Qcow2Image.create(file, created);
+  if (!args.flag('q')) {
+    const image = await Qcow2Image.open(file, { readOnly: true });
+    const info = image.info();
+    await image.close();
+    io.out(
+      `Formatting '${file}', fmt=qcow2 cluster_size=${info.clusterSize} extended_l2=off compression_type=zlib ` +
+        `size=${info.virtualSize}` +
+        (info.backingFile === undefined ? '' : ` backing_file=${info.backingFile}`) +
+        (info.backingFormat === undefined ? '' : ` backing_fmt=${info.backingFormat}`) +
+        ` lazy_refcounts=${info.lazyRefcounts ? 'on' : 'off'} refcount_bits=${info.refcountBits}\n`,
+    );
+  }
+  return 0;
+}
+
+/** The qcow2 layout options of `-o` (cluster_size, lazy_refcounts, refcount_bits, compat), checked. */
+export function qcow2Options(options: ReadonlyMap<string, string>, command: string): Qcow2CreateOptions {
+  const clusterText = options.get('cluster_size');
+  const lazy = options.get('lazy_refcounts');
+  const refcountText = options.get('refcount_bits');
+  const compat = options.get('compat');
+  if (compat !== undefined && compat !== '1.1' && compat !== 'v3') {
+    throw new CliUsageError(
+      `${command}: -o compat: '${compat}' is not supported (ringvm creates version 3 images: compat=1.1)`,
+      compat,
+      { option: '-o', key: 'compat' },
+    );
+  }
+  let refcountBits: number | undefined;
+  if (refcountText !== undefined) {
+    refcountBits = /^\d+$/.test(refcountText) ? Number(refcountText) : NaN;
+    if (![1, 2, 4, 8, 16, 32, 64].includes(refcountBits)) {
+      throw new CliUsageError(
+        `${command}: -o refcount_bits: '${refcountText}' is not a power of two from 1 to 64`,
+        refcountText,
+        { option: '-o', key: 'refcount_bits' },
+      );
+    }
+  }
+  let clusterSize: number | undefined;
+  if (clusterText !== undefined) {
+    clusterSize = parseImgSize(clusterText, '-o cluster_size', command);
+    if (clusterSize < 512 || clusterSize > 2 << 20 || (clusterSize & (clusterSize - 1)) !== 0) {
+      throw new CliUsageError(
+        `${command}: -o cluster_size: '${clusterText}' is not a power of two from 512 to 2M`,
+        clusterText,
+        { option: '-o', key: 'cluster_size' },
+      );
+    }
+  }
+  return {
+    ...(clusterSize !== undefined && { clusterSize }),
+    ...(lazy !== undefined && { lazyRefcounts: onOff(lazy, 'lazy_refcounts', command) }),
+    ...(refcountBits !== undefined && { refcountBits }),
+  };
 }
 
 /** A raw image of `size` bytes, all holes: created, or truncated and re-sized when it exists. */

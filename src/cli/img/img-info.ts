@@ -61,12 +61,41 @@ export async function actualSize(path: string): Promise<number> {
 
 /** The description of an opened image (its backing file, if any, is not opened here). */
 export async function describeImage(image: OpenedImage): Promise<ImageInfo> {
+  if (image.format === 'raw') {
+    return {
+      filename: image.path,
+      format: image.format,
+      'virtual-size': image.backend.size,
+      'actual-size': await actualSize(image.path),
+      'dirty-flag': false,
+    };
+  }
+  const q = image.backend.info();
+  const v3 = q.version === 3;
   return {
     filename: image.path,
-    format: image.format,
-    'virtual-size': image.backend.size,
-    'actual-size': await actualSize(image.path),
-    'dirty-flag': false,
+    format: 'qcow2',
+    'virtual-size': q.virtualSize,
+    'actual-size': q.actualSize,
+    'dirty-flag': q.dirty,
+    'cluster-size': q.clusterSize,
+    ...(q.backingFile !== undefined && { 'backing-filename': q.backingFile }),
+    ...(q.backingChain[0] !== undefined && { 'full-backing-filename': q.backingChain[0].path }),
+    ...(q.backingFormat !== undefined && { 'backing-filename-format': q.backingFormat }),
+    'format-specific': {
+      type: 'qcow2',
+      // qemu-img's fields, in its order (version 2 images have no feature bits to show).
+      data: v3
+        ? {
+            compat: '1.1',
+            'compression-type': 'zlib',
+            'lazy-refcounts': q.lazyRefcounts,
+            'refcount-bits': q.refcountBits,
+            corrupt: q.corrupt,
+            'extended-l2': false,
+          }
+        : { compat: '0.10', 'compression-type': 'zlib', 'refcount-bits': q.refcountBits },
+    },
   };
 }
 
@@ -79,6 +108,7 @@ export function humanInfo(info: ImageInfo): string {
     `disk size: ${formatHumanSize(info['actual-size'])}`,
   ];
   if (info['cluster-size'] !== undefined) lines.push(`cluster_size: ${info['cluster-size']}`);
+  if (info['dirty-flag']) lines.push('cleanly shut down: no');
   if (info['backing-filename'] !== undefined) {
     const full = info['full-backing-filename'];
     lines.push(
@@ -88,7 +118,6 @@ export function humanInfo(info: ImageInfo): string {
   if (info['backing-filename-format'] !== undefined) {
     lines.push(`backing file format: ${info['backing-filename-format']}`);
   }
-  if (info['dirty-flag']) lines.push('cleanly shut down: no');
   const specific = info['format-specific'];
   if (specific !== undefined) {
     lines.push('Format specific information:');

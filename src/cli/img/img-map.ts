@@ -19,6 +19,7 @@ function mergeable(last: MapExtent, next: MapExtent): boolean {
     last.depth === next.depth &&
     last.data === next.data &&
     last.zero === next.zero &&
+    last.present === next.present &&
     (last.offset === undefined) === (next.offset === undefined) &&
     (last.offset === undefined || last.offset + last.length === next.offset)
   );
@@ -42,10 +43,9 @@ export async function* mergedExtents(
 }
 
 /** One JSON line, in qemu-img's field order and spacing. */
-export function jsonExtent(e: MapExtent, chainLength: number): string {
-  const present = e.data || e.zero || e.depth < chainLength;
+export function jsonExtent(e: MapExtent): string {
   return (
-    `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${present}, ` +
+    `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, ` +
     `"zero": ${e.zero}, "data": ${e.data}${e.offset === undefined ? '' : `, "offset": ${e.offset}`}}`
   );
 }
@@ -66,11 +66,14 @@ export async function runMap(argv: readonly string[], io: ImgIo): Promise<number
   const file = onlyFile(args.positionals, COMMAND);
   const output = outputOption(args.value('output'), COMMAND);
   const image = await openImgImage(file, { format: formatOption(args.value('f'), '-f'), readOnly: true });
-  const chain = [file];
+  const chain = [
+    file,
+    ...(image.format === 'qcow2' ? image.backend.info().backingChain.map((c) => c.path) : []),
+  ];
   try {
     if (output === 'json') {
       const lines: string[] = [];
-      for await (const e of mergedExtents(image.backend.map())) lines.push(jsonExtent(e, chain.length));
+      for await (const e of mergedExtents(image.backend.map())) lines.push(jsonExtent(e));
       io.out(`[${lines.join(',\n')}]\n`);
       return 0;
     }
@@ -78,13 +81,14 @@ export async function runMap(argv: readonly string[], io: ImgIo): Promise<number
     for await (const e of mergedExtents(image.backend.map())) {
       if (!e.data) continue;
       if (e.offset === undefined) {
+        io.out(text); // what qemu-img prints before it stops
         throw new ImgError(
           'NOT_POSSIBLE',
-          `'${file}': contains compressed clusters at ${e.start}: use --output=json`,
+          `'${file}': File contains compressed clusters (at ${e.start}): use --output=json`,
           file,
         );
       }
-      text += `${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${chain[e.depth] ?? '?'}\n`;
+      text += `${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.offset).padEnd(16)}${chain[e.depth] ?? file}\n`;
     }
     io.out(text);
     return 0;

@@ -62,6 +62,10 @@ export async function runResize(argv: readonly string[], io: ImgIo): Promise<num
 }
 
 async function resizeImage(image: OpenedImage, target: number): Promise<void> {
+  if (image.format === 'qcow2') {
+    await image.backend.resize(target);
+    return;
+  }
   try {
     await truncate(image.backend.fd, target);
   } catch (e) {

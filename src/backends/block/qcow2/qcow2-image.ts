@@ -36,6 +36,7 @@
 import type { BlockBackend } from '../../../devices/blk/block-backend.js';
 import { HostIoError } from '../../../virtio/errors.js';
 import { BlockBackendError } from '../block-backend-error.js';
+import type { MapExtent } from '../map-extent.js';
 import {
   canonicalPath,
   openRawBacking,
@@ -121,22 +122,8 @@ export interface Qcow2Info {
   readonly backingChain: readonly Qcow2ChainElement[];
 }
 
-/** One run of the virtual disk with the same status, as `qemu-img map --output=json` reports it. */
-export interface MapExtent {
-  readonly start: number;
-  readonly length: number;
-  /** Data is stored (somewhere in the chain). */
-  readonly data: boolean;
-  /** Reads as zeros. */
-  readonly zero: boolean;
-  /** Allocated in some layer of the chain (false: nothing anywhere, reads as zeros). */
-  readonly present: boolean;
-  /** The chain layer that answers: 0 this image, 1 its backing file... */
-  readonly depth: number;
-  /** Where the data is in the file of layer `depth` (absent for compressed or unallocated data). */
-  readonly offset?: number;
-  readonly compressed?: boolean;
-}
+/** One run of the virtual disk with the same status (shared with the raw back end's map). */
+export type { MapExtent } from '../map-extent.js';
 
 /** Internal state handed to checkImage: the image's tables as they are now. */
 export interface ImageInternals {
