@@ -78,7 +78,9 @@ export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactory
       if (b === undefined) throw new Error(`internal: no blockdev ${e.nodeName}`);
       const args: BlkDeviceArgs = {
         backend:
-          b.driver === 'file' ? { driver: 'file', filename: b.filename } : { driver: 'memory', size: b.size },
+          b.driver === 'memory'
+            ? { driver: 'memory', size: b.size }
+            : { driver: 'file', filename: b.filename, format: b.driver === 'qcow2' ? 'qcow2' : 'raw' },
         readOnly: !e.writable,
         ...(e.numQueues !== undefined && { numQueues: e.numQueues }),
         ...(e.serial !== undefined && { serial: e.serial }),

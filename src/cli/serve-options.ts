@@ -4,6 +4,8 @@
  *
  * ```
  * --blockdev driver=file,node-name=NAME,filename=PATH[,read-only=on]
+ * --blockdev driver=qcow2|raw,node-name=NAME,file=FILE-NODE[,read-only=on]      (a format over a file node)
+ * --blockdev driver=qcow2|raw,node-name=NAME,file.filename=PATH[,read-only=on]  (the same, one option)
  * --blockdev driver=memory,node-name=NAME,size=SIZE
  * --chardev socket,id=ID,path=PATH[,server=on|off][,wait=off][,reconnect=SECONDS]
  * --chardev stdio,id=ID
@@ -25,6 +27,8 @@
 import { constants, promises as fs, type Stats } from 'node:fs';
 import net from 'node:net';
 import { dirname, join, resolve } from 'node:path';
+import { Qcow2Image } from '../backends/block/qcow2/index.js';
+import { VirtioError } from '../virtio/errors.js';
 import { CliUsageError } from './cli-error.js';
 import { parseKeyValue, type KeyValueOptions } from './options.js';
 import type { ArgvOption } from './argv.js';
@@ -32,11 +36,25 @@ import type { ArgvOption } from './argv.js';
 /** The device options (the rest of a subcommand's options are its own). */
 export const DEVICE_OPTIONS = ['--blockdev', '--chardev', '--export', '--device', '--netdev'] as const;
 
+/** How a format node names its image file: a `--blockdev driver=file` node, or `file.filename` inline. */
+export type FileReference = { readonly node: string } | { readonly filename: string };
+
 export type BlockdevPlan =
   | {
       readonly driver: 'file';
       readonly nodeName: string;
       readonly filename: string;
+      readonly readOnly: boolean;
+      readonly label: string;
+    }
+  | {
+      /** An image format over a file: qcow2 through the qcow2 back end, raw as the file's bytes. */
+      readonly driver: 'qcow2' | 'raw';
+      readonly nodeName: string;
+      readonly file: FileReference;
+      /** The image file (the referenced file node's filename, or `file.filename`). */
+      readonly filename: string;
+      /** This node or its file node is read-only=on. */
       readonly readOnly: boolean;
       readonly label: string;
     }
@@ -236,6 +254,7 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     }
     blockdevByName.set(b.nodeName, b);
   }
+  resolveFileReferences(blockdevs, blockdevByName);
   const chardevById = new Map<string, ChardevPlan>();
   for (const c of chardevs) {
     if (chardevById.has(c.id)) {
@@ -310,6 +329,13 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
       }
       const b = blockdevByName.get(nodeName);
       if (b === undefined) throw o.error(`'${nodeName}' is not a --blockdev`, 'node-name');
+      const owner = formatNodeOver(blockdevs, nodeName);
+      if (owner !== undefined) {
+        throw o.error(
+          `--blockdev '${nodeName}' is the file of ${owner.label} (driver=${owner.driver}): export '${owner.nodeName}'`,
+          'node-name',
+        );
+      }
       const user = blockdevUser.get(nodeName);
       if (user !== undefined)
         throw o.error(`--blockdev '${nodeName}' is already exported by ${user}`, 'node-name');
@@ -402,7 +428,12 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
   };
   for (const e of exports) claim(e.socketPath, e.label, 'addr.path');
   for (const c of chardevs) if (c.backend !== 'stdio') claim(c.path, c.label, 'path');
-  for (const b of blockdevs) if (b.driver === 'file') claim(b.filename, b.label, 'filename');
+  for (const b of blockdevs) {
+    if (b.driver === 'file') claim(b.filename, b.label, 'filename');
+    else if ((b.driver === 'qcow2' || b.driver === 'raw') && 'filename' in b.file) {
+      claim(b.filename, b.label, 'file.filename');
+    }
+  }
 
   return { blockdevs, chardevs, netdevs, exports };
 }
@@ -476,15 +507,88 @@ function portName(o: KeyValueOptions): string | undefined {
   return name;
 }
 
+/** The format node (qcow2, raw) whose file is node `nodeName`, if any. */
+function formatNodeOver(
+  blockdevs: readonly BlockdevPlan[],
+  nodeName: string,
+): (BlockdevPlan & { driver: 'qcow2' | 'raw' }) | undefined {
+  for (const b of blockdevs) {
+    if ((b.driver === 'qcow2' || b.driver === 'raw') && 'node' in b.file && b.file.node === nodeName)
+      return b;
+  }
+  return undefined;
+}
+
+/**
+ * Gives each format node its file's filename and read-only flag: `file=NODE` must name a `driver=file` node that
+ * no other format node uses.
+ */
+function resolveFileReferences(blockdevs: BlockdevPlan[], byName: Map<string, BlockdevPlan>): void {
+  const usedBy = new Map<string, string>();
+  blockdevs.forEach((b, i) => {
+    if ((b.driver !== 'qcow2' && b.driver !== 'raw') || !('node' in b.file)) return;
+    const fail = (message: string): CliUsageError =>
+      new CliUsageError(`${b.label}: file: ${message}`, 'node' in b.file ? b.file.node : '', {
+        option: '--blockdev',
+        key: 'file',
+      });
+    const file = byName.get(b.file.node);
+    if (file === undefined) throw fail(`'${b.file.node}' is not a --blockdev`);
+    if (file.driver !== 'file') {
+      throw fail(
+        `--blockdev '${b.file.node}' is driver=${file.driver}; a ${b.driver} node's file must be driver=file`,
+      );
+    }
+    const other = usedBy.get(file.nodeName);
+    if (other !== undefined) throw fail(`--blockdev '${file.nodeName}' is already the file of ${other}`);
+    usedBy.set(file.nodeName, b.label);
+    const resolved: BlockdevPlan = { ...b, filename: file.filename, readOnly: b.readOnly || file.readOnly };
+    blockdevs[i] = resolved;
+    byName.set(b.nodeName, resolved);
+  });
+}
+
 function blockdev(o: KeyValueOptions): BlockdevPlan {
   o.identifyBy('node-name');
-  const driver = o.choice('driver', ['file', 'memory']);
+  const driver = o.choice('driver', ['file', 'memory', 'qcow2', 'raw']);
   const nodeName = identifier(o, 'node-name');
   const readOnly = o.bool('read-only', false);
   let plan: BlockdevPlan;
   if (driver === 'file') {
     const filename = resolve(o.string('filename'));
     plan = { driver, nodeName, filename, readOnly, label: o.label };
+  } else if (driver === 'qcow2' || driver === 'raw') {
+    const node = o.optionalString('file');
+    const inline = o.optionalString('file.filename');
+    o.choice('file.driver', ['file'], 'file');
+    if (o.has('file.driver') && inline === undefined) {
+      throw o.error('only with file.filename (file=NODE names a whole --blockdev)', 'file.driver');
+    }
+    let file: FileReference;
+    if (node !== undefined && inline !== undefined) {
+      throw o.error('give file=NODE or file.filename=PATH, not both', 'file');
+    } else if (node !== undefined) {
+      if (node === '') throw o.error('must not be empty', 'file');
+      file = { node };
+    } else if (inline !== undefined) {
+      if (inline === '') throw o.error('must not be empty', 'file.filename');
+      file = { filename: resolve(inline) };
+    } else {
+      throw o.error(
+        `missing (required: file=NODE, a --blockdev driver=file node, or file.filename=PATH)`,
+        'file',
+        '',
+      );
+    }
+    // A node reference is resolved once every --blockdev is known (resolveFileReferences).
+    plan = {
+      driver,
+      nodeName,
+      file,
+      filename: 'filename' in file ? file.filename : '',
+      readOnly,
+      label: o.label,
+    };
   } else {
     const size = o.optionalSize('size');
     if (size === undefined) throw o.error('missing (required: the RAM disk size, e.g. 64M)', 'size', '');
@@ -564,12 +668,24 @@ function hostError(label: string, key: string, message: string, value: string): 
  * {@link CliUsageError} naming the option.
  */
 export async function checkHostResources(plan: DevicePlan): Promise<void> {
+  const exportedWritable = (nodeName: string): boolean =>
+    plan.exports.some((e) => e.type === 'vhost-user-blk' && e.nodeName === nodeName && e.writable);
   for (const b of plan.blockdevs) {
-    if (b.driver !== 'file') continue;
-    const writable = plan.exports.some(
-      (e) => e.type === 'vhost-user-blk' && e.nodeName === b.nodeName && e.writable,
-    );
-    await checkImage(b.label, b.filename, writable);
+    if (b.driver === 'memory') continue;
+    if (b.driver === 'file') {
+      const over = formatNodeOver(plan.blockdevs, b.nodeName);
+      await checkImage(b.label, 'filename', b.filename, exportedWritable(over?.nodeName ?? b.nodeName));
+      if (
+        over === undefined &&
+        plan.exports.some((e) => e.type === 'vhost-user-blk' && e.nodeName === b.nodeName)
+      ) {
+        await refuseFormattedFile(b.label, b.filename, b.nodeName);
+      }
+    } else {
+      const key = 'filename' in b.file ? 'file.filename' : 'file';
+      if ('filename' in b.file) await checkImage(b.label, key, b.filename, exportedWritable(b.nodeName));
+      if (b.driver === 'qcow2') await checkQcow2(b.label, key, b.filename, exportedWritable(b.nodeName));
+    }
   }
   for (const c of plan.chardevs) {
     if (c.backend === 'socket') {
@@ -601,16 +717,77 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
   for (const e of plan.exports) await checkListenPath(e.label, 'addr.path', e.socketPath);
 }
 
+/** The first 4 bytes of a qcow2 image, `QFI\xfb` (docs/interop/qcow2.txt, "magic"). */
+const QCOW2_MAGIC = 0x514649fb;
+
+/**
+ * A `driver=file` node exported as it is serves the file's bytes (raw), as in qemu-storage-daemon. ringvm never
+ * probes an image to pick its format (a guest that wrote a qcow2 header into its raw disk would otherwise make
+ * the host open the backing file of its choosing), but it refuses to serve a qcow2 image's bytes as a raw disk
+ * by mistake: the format must then be named (docs/cli.md, "Image formats").
+ */
+async function refuseFormattedFile(label: string, path: string, nodeName: string): Promise<void> {
+  let head: Buffer;
+  try {
+    const handle = await fs.open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      head = Buffer.alloc(4);
+      const { bytesRead } = await handle.read(head, 0, 4, 0);
+      head = head.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  } catch (e) {
+    throw hostError(label, 'filename', `cannot read '${path}': ${describeCode(e)}`, path);
+  }
+  if (head.length === 4 && head.readUInt32BE(0) === QCOW2_MAGIC) {
+    throw hostError(
+      label,
+      'filename',
+      `'${path}' is a qcow2 image: serve it with --blockdev driver=qcow2,node-name=NAME,file=${nodeName} ` +
+        `(or driver=raw,file=${nodeName} to serve its bytes as they are)`,
+      path,
+    );
+  }
+}
+
+/**
+ * The qcow2 image opens: a valid header, no corruption found at open, every backing file there, no loop. The
+ * check opens it read-only (nothing is repaired here: the export's own open does that, read-write). A writable
+ * export of an image marked corrupt is refused (QEMU opens those read-only only).
+ */
+async function checkQcow2(label: string, key: string, path: string, writable: boolean): Promise<void> {
+  let image: Qcow2Image;
+  try {
+    image = await Qcow2Image.open(path, { readOnly: true });
+  } catch (e) {
+    if (e instanceof VirtioError) throw hostError(label, key, e.message, path);
+    throw e;
+  }
+  try {
+    if (writable && image.info().corrupt) {
+      throw hostError(
+        label,
+        key,
+        `'${path}' is marked corrupt: it can be served read-only only (repair it with ringvm img check -r all)`,
+        path,
+      );
+    }
+  } finally {
+    await image.close();
+  }
+}
+
 /** The image exists, is a regular file, and opens read-only (or read-write when an export writes to it). */
-async function checkImage(label: string, path: string, writable: boolean): Promise<void> {
+async function checkImage(label: string, key: string, path: string, writable: boolean): Promise<void> {
   let st: Stats;
   try {
     st = await fs.stat(path);
   } catch (e) {
-    throw hostError(label, 'filename', `'${path}' ${describeCode(e)}`, path);
+    throw hostError(label, key, `'${path}' ${describeCode(e)}`, path);
   }
   if (!st.isFile()) {
-    throw hostError(label, 'filename', `'${path}' is ${kindOf(st)}, not a raw image file`, path);
+    throw hostError(label, key, `'${path}' is ${kindOf(st)}, not an image file`, path);
   }
   try {
     const handle = await fs.open(
@@ -621,7 +798,7 @@ async function checkImage(label: string, path: string, writable: boolean): Promi
   } catch (e) {
     throw hostError(
       label,
-      'filename',
+      key,
       `cannot open '${path}' for ${writable ? 'reading and writing (an --export has writable=on)' : 'reading'}: ${describeCode(e)}`,
       path,
     );

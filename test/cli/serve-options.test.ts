@@ -45,6 +45,10 @@ before(() => {
   writeFileSync(img, Buffer.alloc(1 << 20));
   mkdirSync(join(dir, 'adir'));
   writeFileSync(join(dir, 'plain'), 'not a socket');
+  writeFileSync(
+    join(dir, 'q.qcow2'),
+    Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb]), Buffer.alloc(508)]),
+  );
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });
@@ -62,7 +66,7 @@ describe('serve options: the plan', () => {
     assert.ok(e.type === 'vhost-user-blk');
     assert.equal(e.writable, false);
     assert.deepEqual(exportFactoryRef(p, e).args, {
-      backend: { driver: 'file', filename: img },
+      backend: { driver: 'file', filename: img, format: 'raw' },
       readOnly: true,
     });
     assert.equal(exportFactoryRef(p, e).name, 'createBlkDevice');
@@ -130,13 +134,117 @@ describe('serve options: the plan', () => {
     assert.equal(q.exports[0]!.socketPath, '/run/x/r0.sock');
   });
 
+  test('qcow2 over a file node (qemu-storage-daemon syntax), and the file.filename shorthand', () => {
+    const q = join(dir, 'x.qcow2');
+    const long = plan([
+      '--blockdev',
+      `driver=file,node-name=f0,filename=${q}`,
+      '--blockdev',
+      'driver=qcow2,node-name=d0,file=f0',
+      ...blkExport(',writable=on'),
+    ]);
+    assert.deepEqual(long.blockdevs[1], {
+      driver: 'qcow2',
+      nodeName: 'd0',
+      file: { node: 'f0' },
+      filename: q,
+      readOnly: false,
+      label: '--blockdev node-name=d0',
+    });
+    assert.deepEqual(exportFactoryRef(long, long.exports[0]!).args, {
+      backend: { driver: 'file', filename: q, format: 'qcow2' },
+      readOnly: false,
+    });
+    const short = plan(['--blockdev', `driver=qcow2,node-name=d0,file.filename=${q}`, ...blkExport()]);
+    assert.deepEqual(exportFactoryRef(short, short.exports[0]!).args, {
+      backend: { driver: 'file', filename: q, format: 'qcow2' },
+      readOnly: true,
+    });
+    const raw = plan([
+      '--blockdev',
+      `driver=raw,node-name=d0,file.driver=file,file.filename=${q}`,
+      ...blkExport(),
+    ]);
+    assert.deepEqual(exportFactoryRef(raw, raw.exports[0]!).args, {
+      backend: { driver: 'file', filename: q, format: 'raw' },
+      readOnly: true,
+    });
+  });
+
+  test('read-only=on on the file node makes the qcow2 node read-only: writable=on is refused', () => {
+    assert.throws(
+      () =>
+        plan([
+          '--blockdev',
+          `driver=file,node-name=f0,filename=${img},read-only=on`,
+          '--blockdev',
+          'driver=qcow2,node-name=d0,file=f0',
+          ...blkExport(',writable=on'),
+        ]),
+      /^CliUsageError: --export id=e0: writable: writable=on, but --blockdev node-name=d0 is read-only=on/,
+    );
+  });
+
   // Every mistake the options themselves can hold: [argv, message]. Each message starts with the option.
   const cases: [string, () => string[], RegExp][] = [
+    [
+      'qcow2 without a file',
+      () => ['--blockdev', 'driver=qcow2,node-name=d0'],
+      /^--blockdev node-name=d0: file: missing \(required: file=NODE/,
+    ],
+    [
+      'qcow2 file names no node',
+      () => ['--blockdev', 'driver=qcow2,node-name=d0,file=f9'],
+      /^--blockdev node-name=d0: file: 'f9' is not a --blockdev/,
+    ],
+    [
+      'qcow2 over a memory node',
+      () => [
+        '--blockdev',
+        'driver=memory,node-name=m0,size=1M',
+        '--blockdev',
+        'driver=qcow2,node-name=d0,file=m0',
+      ],
+      /^--blockdev node-name=d0: file: --blockdev 'm0' is driver=memory; a qcow2 node's file must be driver=file/,
+    ],
+    [
+      'one file under two format nodes',
+      () => [
+        '--blockdev',
+        `driver=file,node-name=f0,filename=${img}`,
+        '--blockdev',
+        'driver=qcow2,node-name=d0,file=f0',
+        '--blockdev',
+        'driver=raw,node-name=d1,file=f0',
+      ],
+      /^--blockdev node-name=d1: file: --blockdev 'f0' is already the file of --blockdev node-name=d0/,
+    ],
+    [
+      'exporting the file node under a qcow2 node',
+      () => [
+        '--blockdev',
+        `driver=file,node-name=d0,filename=${img}`,
+        '--blockdev',
+        'driver=qcow2,node-name=q0,file=d0',
+        ...blkExport(),
+      ],
+      /^--export id=e0: node-name: --blockdev 'd0' is the file of --blockdev node-name=q0 \(driver=qcow2\): export 'q0'/,
+    ],
+    [
+      'file and file.filename both',
+      () => ['--blockdev', `driver=qcow2,node-name=d0,file=f0,file.filename=${img}`],
+      /^--blockdev node-name=d0: file: give file=NODE or file.filename=PATH, not both/,
+    ],
+    [
+      'file.driver other than file',
+      () => ['--blockdev', `driver=qcow2,node-name=d0,file.driver=nbd,file.filename=${img}`],
+      /^--blockdev node-name=d0: file.driver: 'nbd' is not one of file/,
+    ],
     ['unknown blockdev key', () => blockdev(',cache=none'), /^--blockdev node-name=d0: unknown key 'cache'/],
     [
       'unknown blockdev driver',
-      () => ['--blockdev', 'driver=qcow2,node-name=d0,filename=x'],
-      /^--blockdev node-name=d0: driver: 'qcow2' is not one of file, memory/,
+      () => ['--blockdev', 'driver=vmdk,node-name=d0,filename=x'],
+      /^--blockdev node-name=d0: driver: 'vmdk' is not one of file, memory, qcow2, raw/,
     ],
     [
       'blockdev without filename',
@@ -372,6 +480,16 @@ describe('serve options: the plan', () => {
 describe('serve options: host checks before anything listens', () => {
   const hostCases: [string, () => string[], RegExp][] = [
     [
+      'a qcow2 image exported as driver=file is refused, not probed',
+      () => ['--blockdev', `driver=file,node-name=d0,filename=${dir}/q.qcow2`, ...blkExport()],
+      /^--blockdev node-name=d0: filename: '.*\/q.qcow2' is a qcow2 image: serve it with --blockdev driver=qcow2,node-name=NAME,file=d0 \(or driver=raw,file=d0/,
+    ],
+    [
+      'qcow2 shorthand: missing file',
+      () => ['--blockdev', `driver=qcow2,node-name=d0,file.filename=${dir}/nope.qcow2`, ...blkExport()],
+      /^--blockdev node-name=d0: file.filename: '.*\/nope.qcow2' does not exist$/,
+    ],
+    [
       'missing image',
       () => ['--blockdev', `driver=file,node-name=d0,filename=${dir}/nope.img`, ...blkExport()],
       /^--blockdev node-name=d0: filename: '.*\/nope.img' does not exist$/,
@@ -384,12 +502,12 @@ describe('serve options: host checks before anything listens', () => {
     [
       'image is a directory',
       () => ['--blockdev', `driver=file,node-name=d0,filename=${dir}/adir`, ...blkExport()],
-      /^--blockdev node-name=d0: filename: '.*\/adir' is a directory, not a raw image file$/,
+      /^--blockdev node-name=d0: filename: '.*\/adir' is a directory, not an image file$/,
     ],
     [
       'image is a character device',
       () => ['--blockdev', 'driver=file,node-name=d0,filename=/dev/null', ...blkExport()],
-      /is a character device, not a raw image file/,
+      /is a character device, not an image file/,
     ],
     [
       'socket directory missing',
@@ -466,6 +584,19 @@ describe('serve options: host checks before anything listens', () => {
       `file,id=c0,path=${dir}/new-log.txt`,
       '--export',
       `type=vhost-user-console,id=k0,addr.path=${dir}/k.sock,chardev=c0`,
+    ]);
+  });
+});
+
+describe('serve options: format nodes pass the host checks', () => {
+  test('driver=raw over a qcow2 file serves its bytes: named explicitly, so not refused', async () => {
+    const q = join(dir, 'q.qcow2');
+    await planAndCheck([
+      '--blockdev',
+      `driver=file,node-name=f0,filename=${q}`,
+      '--blockdev',
+      'driver=raw,node-name=d0,file=f0',
+      ...blkExport(),
     ]);
   });
 });
