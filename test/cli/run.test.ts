@@ -4,9 +4,9 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CliUsageError } from '../../src/cli/cli-error.js';
 import { checkRunPlan, parseRunArgv, qemuCommandLine, umlCommandLine } from '../../src/cli/run.js';
+import { compiled, mainJs, ringvm } from './ringvm-process.js';
 
 let dir = '';
 
@@ -218,21 +218,6 @@ describe('ringvm run: options', () => {
 });
 
 // Boots the real UML guest (compiled layout: the export workers are compiled modules).
-const mainJs = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
-const compiled = import.meta.url.endsWith('.js') && existsSync(mainJs);
-
-function ringvm(args: string[]): Promise<{ status: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [mainJs, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('close', (status) => {
-      resolve({ status, out, err });
-    });
-  });
-}
 
 describe(
   'ringvm run: the UML guest',
