@@ -30,11 +30,19 @@ export class ImageFile {
   #closed = false;
   /** Something was written since the last fdatasync. */
   #written = false;
+  /** The file's size at open, raised by every write past it: bytes at or past it read as zeros. */
+  #end: number;
 
   private constructor(path: string, fd: number, readOnly: boolean) {
     this.path = path;
     this.fd = fd;
     this.readOnly = readOnly;
+    this.#end = fstatSync(fd).size;
+  }
+
+  /** One past the last byte the file holds (as far as this process wrote or found it at open). */
+  get end(): number {
+    return this.#end;
   }
 
   /** Opens an existing regular file; a {@link BlockBackendError} names the path on failure. */
@@ -130,6 +138,7 @@ export class ImageFile {
   /** Writes all of `buf` at `pos`. */
   write(buf: Uint8Array, pos: number): void {
     this.#written = true;
+    if (pos + buf.length > this.#end) this.#end = pos + buf.length;
     let done = 0;
     while (done < buf.length) {
       let n: number;
@@ -155,6 +164,9 @@ export class ImageFile {
   /** pwritev of every byte of `bufs` at `pos`. */
   writev(bufs: readonly Uint8Array[], pos: number): void {
     this.#written = true;
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (pos + total > this.#end) this.#end = pos + total;
     if (bufs.length === 1) {
       this.write(bufs[0] as Uint8Array, pos);
       return;
@@ -179,6 +191,7 @@ export class ImageFile {
   }
 
   truncate(length: number): void {
+    this.#end = length;
     try {
       ftruncateSync(this.fd, length);
     } catch (e) {

@@ -177,7 +177,6 @@ export class Qcow2Image implements BlockBackend {
   #refcountsRebuilt = false;
   /** A structural error met during I/O: writes are refused from then on. */
   #corruptAt: Qcow2Error | undefined;
-  #fileEnd: number;
   #closed = false;
   /** Scratch clusters for partial writes (copy on write) and decompression. */
   readonly #scratchHead: Uint8Array;
@@ -216,7 +215,6 @@ export class Qcow2Image implements BlockBackend {
     this.#l1Offset = header.l1TableOffset;
     this.#backing = backing;
     this.#chain = chain;
-    this.#fileEnd = fileSize;
     this.#lazyRefcounts =
       (header.compatibleFeatures & (1n << BigInt(CompatibleFeature.lazyRefcounts))) !== 0n;
     this.#dirtyOnDisk = hasIncompatible(header, IncompatibleFeature.dirty);
@@ -493,7 +491,6 @@ export class Qcow2Image implements BlockBackend {
         const out = new Uint8Array(padded);
         out.set(deflated);
         this.#file.write(out, host);
-        this.#noteWritten(host + padded);
         const gc = offset / cs;
         const table = this.#writableL2(gc);
         const i = gc % this.#l2Entries;
@@ -704,7 +701,7 @@ export class Qcow2Image implements BlockBackend {
           host,
         );
       }
-      if (kind === ClusterKind.normal && host + this.#clusterSize > this.#fileEnd && host >= this.#fileEnd) {
+      if (kind === ClusterKind.normal && host >= this.#file.end) {
         this.#markCorrupt(
           'OUT_OF_BOUNDS',
           `the L2 table at ${offsetHex(l2Offset)} maps guest offset ${offsetHex(gc * this.#clusterSize)} past the end of the file (${offsetHex(host)})`,
@@ -837,7 +834,6 @@ export class Qcow2Image implements BlockBackend {
           n += Math.min(cs, end - pos - n);
         }
         this.#file.writev(vec.take(n), host + intra);
-        this.#noteWritten(host + intra + n);
         pos += n;
         continue;
       }
@@ -863,6 +859,10 @@ export class Qcow2Image implements BlockBackend {
       if (k === 0 || (gc + k) % this.#l2Entries === 0) this.#writableL2(gc + k);
     }
     const host = this.#allocator.allocate(count);
+    // Clusters past the end of the file read as zeros already: a partial cluster whose old contents are zeros
+    // needs only its new bytes written there (no zero fill of the rest).
+    const fresh = host >= this.#file.end;
+    let skip = 0;
     const parts: Uint8Array[] = [];
     const end = pos + n;
     const oldHi: number[] = [];
@@ -876,6 +876,9 @@ export class Qcow2Image implements BlockBackend {
       oldLo.push(this.#kLo);
       if (from === cStart && to === cStart + cs) {
         parts.push(...vec.take(cs));
+      } else if (fresh && this.#readsAsZeros(kind, cStart)) {
+        if (k === 0) skip = from - cStart; // only the first cluster can start late, only the last end early
+        parts.push(...vec.take(to - from));
       } else {
         const buf = k === 0 ? this.#scratchHead : this.#scratchTail;
         this.#readOldCluster(gc + k, kind, this.#kHi, this.#kLo, buf);
@@ -883,8 +886,7 @@ export class Qcow2Image implements BlockBackend {
         parts.push(buf);
       }
     }
-    this.#file.writev(parts, host);
-    this.#noteWritten(host + count * cs);
+    this.#file.writev(parts, host + skip);
     for (let k = 0; k < count; k++) {
       const table = this.#writableL2(gc + k);
       const i = ((gc + k) % this.#l2Entries) * ENTRY_BYTES;
@@ -895,6 +897,12 @@ export class Qcow2Image implements BlockBackend {
       this.#freeEntry(oldHi[k] as number, oldLo[k] as number);
     }
     this.#inflatedKey = -1;
+  }
+
+  /** Whether a cluster of this kind starting at guest offset `cStart` reads as zeros (no backing data under it). */
+  #readsAsZeros(kind: ClusterKind, cStart: number): boolean {
+    if (kind === ClusterKind.zero || kind === ClusterKind.zeroAllocated) return true;
+    return kind === ClusterKind.unallocated && (this.#backing === undefined || cStart >= this.#backing.size);
   }
 
   /** Drops the host cluster(s) an old L2 entry referenced (deferred until the new entry is durable). */
@@ -1006,7 +1014,6 @@ export class Qcow2Image implements BlockBackend {
       const l1 = new Uint8Array(clusters * cs);
       l1.set(this.#l1);
       this.#file.write(l1, offset);
-      this.#noteWritten(offset + l1.length);
       this.#refcounts.flush();
       this.#barrier();
       hv.setUint32(12, needed, false);
@@ -1063,10 +1070,6 @@ export class Qcow2Image implements BlockBackend {
   /** fdatasync, when anything was written since the last one. */
   #barrier(): void {
     this.#file.syncIfWritten();
-  }
-
-  #noteWritten(end: number): void {
-    if (end > this.#fileEnd) this.#fileEnd = end;
   }
 
   /** With lazy refcounts: sets the dirty bit (durably) before the first metadata change. */
