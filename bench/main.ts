@@ -4,6 +4,7 @@
  */
 import { runBlkUmlBench } from './blk-uml.js';
 import { printSwitchBench, runSwitchBench } from './net-switch.js';
+import { runNetUmlBench } from './net-uml.js';
 import { RING_SCENARIOS, runRingBench } from './rings.js';
 import { runVhostBlkBench } from './vhost-blk.js';
 
@@ -28,6 +29,10 @@ async function main(): Promise<void> {
   }
   if (process.argv.includes('--switch-only')) {
     await switchBench(quick);
+    return;
+  }
+  if (process.argv.includes('--net-only')) {
+    await runNetUmlBench();
     return;
   }
   if (process.argv.includes('--blk-only')) {
@@ -61,6 +66,7 @@ async function main(): Promise<void> {
     await runBlkUmlBench();
     await runVhostBlkBench({ quick });
     await switchBench(quick);
+    await runNetUmlBench();
   }
 }
 
