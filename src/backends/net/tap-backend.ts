@@ -75,6 +75,8 @@ export class TapQueueBackend implements NetBackend {
   #paused = false;
   #closed = false;
   #retryScheduled = false;
+  /** Attached to the interface (a new queue is); the kernel refuses to detach a detached queue (EINVAL). */
+  #attached = true;
 
   constructor(fd: number, vnetHdr: boolean, multiQueue: boolean) {
     this.fd = fd;
@@ -168,7 +170,9 @@ export class TapQueueBackend implements NetBackend {
   }
 
   setEnabled(enabled: boolean): void {
-    if (this.#multiQueue) setQueueAttached(this.fd, enabled);
+    if (!this.#multiQueue || enabled === this.#attached) return;
+    setQueueAttached(this.fd, enabled);
+    this.#attached = enabled;
   }
 
   close(): Promise<void> {

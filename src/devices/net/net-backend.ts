@@ -26,7 +26,8 @@
  * - `setOffloads` (tap only) tells the host which offloads the guest accepts on receive (TUNSETOFFLOAD).
  * - `setEnabled(false)` (optional): the device does not use this back end for now — it serves a queue pair
  *   beyond the driver's VQ_PAIRS_SET — so a multiqueue tap detaches the queue (TUNSETQUEUE) and the host steers
- *   no flows to it; `setEnabled(true)` attaches it again. Back ends start enabled.
+ *   no flows to it; `setEnabled(true)` attaches it again. Back ends start enabled; repeating the current state
+ *   does nothing (the device repeats it on every activation).
  * - `close()` releases the host resources; no call may follow.
  */
 import { VirtioError } from '../../virtio/errors.js';

@@ -2,18 +2,19 @@
  * The UML guest's own virtio_net driver on ringvm's virtio-net device, over a real tap, as a user would run
  * it: the tap's host side lives in a network namespace this test makes (and always deletes), with a busybox
  * udhcpd and socat peers there. The guest gets its address by DHCP, pings the host side, and moves 100 MiB over
- * TCP each way with matching checksums, with offloads on and off; setting the link down through the export's
- * control API shows the guest carrier off.
+ * TCP each way with matching checksums, with offloads on and off; with four queue pairs the guest turns them on
+ * (ethtool -L) and flows spread over them; setting the link down through the export's control API shows the
+ * guest carrier off.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEVICE_FACTORIES_MODULE } from '../../../src/cli/export-runner.js';
-import type { NetDeviceArgs } from '../../../src/cli/device-factories.js';
+import type { NetDeviceArgs, NetInfo } from '../../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../../src/devices/net/net-device.js';
 import { VhostUserExport } from '../../../src/transport/vhost-user/vhost-user-export.js';
 import { MiB, killGroup, pattern, script } from '../../guest/guest-harness.js';
@@ -139,6 +140,20 @@ function md5(path: string): string {
   return createHash('md5').update(readFileSync(path)).digest('hex');
 }
 
+/** Resolves when `child` (a socat writing a file) has exited: then every byte it received is in the file. */
+function exited(child: ChildProcess, what: string): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(new Error(`${what} did not finish`));
+    }, 60_000);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 async function stats(r: Rig): Promise<NetDeviceStats> {
   return (await r.exp.control({ op: 'stats' })) as NetDeviceStats;
 }
@@ -149,7 +164,12 @@ describe('UML guest on ringvm virtio-net over a tap', { timeout: 20 * 60_000 }, 
       const r = await rig({ offloads });
       try {
         const received = join(dir, `received-${r.ifname}.bin`);
-        r.ns.spawn(['socat', '-u', 'TCP-LISTEN:5001,reuseaddr', `OPEN:${received},creat,trunc`]);
+        const receiver = r.ns.spawn([
+          'socat',
+          '-u',
+          'TCP-LISTEN:5001,reuseaddr',
+          `OPEN:${received},creat,trunc`,
+        ]);
         r.ns.spawn(['socat', '-u', `OPEN:${data}`, 'TCP-LISTEN:5002,reuseaddr']);
         const cmd = [
           UP,
@@ -169,6 +189,7 @@ describe('UML guest on ringvm virtio-net over a tap', { timeout: 20 * 60_000 }, 
         assert.match(g.out, new RegExp(`tx-checksumming: ${state}`));
         assert.match(g.out, new RegExp(`tcp-segmentation-offload: ${state}`));
         assert.match(g.out, new RegExp(`md5 ${dataMd5}`), 'host → guest checksum');
+        await exited(receiver, 'the host-side receiver');
         assert.equal(md5(received), dataMd5, 'guest → host checksum');
         const s = await stats(r);
         assert.deepEqual(s.errors, {});
@@ -178,6 +199,65 @@ describe('UML guest on ringvm virtio-net over a tap', { timeout: 20 * 60_000 }, 
       }
     });
   }
+
+  test('four queue pairs: the guest turns them on and flows spread over them', async (t) => {
+    const r = await rig({ queues: 4 });
+    try {
+      const flows = [0, 1, 2, 3, 4, 5, 6, 7];
+      const chunkBytes = 4 * MiB;
+      const down = join(dir, `chunk-${r.ifname}.bin`);
+      writeFileSync(down, pattern(chunkBytes, 77));
+      const downMd5 = md5(down);
+      const upMd5 = createHash('md5').update(readFileSync(data).subarray(0, chunkBytes)).digest('hex');
+      const upFile = (f: number) => join(dir, `up-${r.ifname}-${f}.bin`);
+      const receivers = flows.map((f) => {
+        r.ns.spawn(['socat', '-u', `OPEN:${down}`, `TCP-LISTEN:${5100 + f},reuseaddr`]);
+        return r.ns.spawn([
+          'socat',
+          '-u',
+          `TCP-LISTEN:${5200 + f},reuseaddr`,
+          `OPEN:${upFile(f)},creat,trunc`,
+        ]);
+      });
+      const cmd = [
+        UP,
+        'ethtool -l eth0 | grep -A4 "Pre-set maximums" | grep Combined',
+        'ethtool -L eth0 combined 4',
+        'echo queues $(ls /sys/class/net/eth0/queues)',
+        'echo PAIRS-SET',
+        `for f in ${flows.join(' ')}; do (nc ${HOST} $((5100 + f)) | md5sum > /tmp/m$f; head -c ${chunkBytes} /host/data.bin | nc ${HOST} $((5200 + f))) & done; wait`,
+        'cat /tmp/m*',
+      ].join(' && ');
+      // Read while the guest runs: its shutdown resets the device, and a reset device uses one pair.
+      let running: Promise<unknown> | undefined;
+      const g = await boot(r, cmd, (line) => {
+        if (line === 'PAIRS-SET') running = r.exp.control({ op: 'info' });
+      });
+      assert.equal(g.code, 0, g.out);
+      assert.ok(running, 'the guest printed PAIRS-SET');
+      assert.equal(((await running) as NetInfo).activePairs, 4, 'VQ_PAIRS_SET 4 reached the device');
+      assert.match(g.out, /Combined:\s+4/);
+      assert.match(g.out, /queues rx-0 rx-1 rx-2 rx-3 tx-0 tx-1 tx-2 tx-3/);
+      assert.equal(g.out.split(downMd5).length - 1, flows.length, 'every flow arrived whole in the guest');
+      for (const f of flows) {
+        await exited(receivers[f] as ChildProcess, `the host-side receiver of flow ${f}`);
+        assert.equal(md5(upFile(f)), upMd5, `flow ${f} arrived whole on the host`);
+      }
+      const s = await stats(r);
+      assert.deepEqual(s.errors, {});
+      // Spread: at least two pairs each carried a tenth of the frames (the guest hashes flows over its pairs,
+      // the tap steers each flow's receive side to the queue the guest sends it on).
+      const busy = (per: number[]) => {
+        const total = per.reduce((a, b) => a + b, 0);
+        return per.filter((n) => n >= total / 10).length;
+      };
+      assert.ok(busy(s.rxFramesPerPair) >= 2, `receive spread: ${s.rxFramesPerPair.join(' ')}`);
+      assert.ok(busy(s.txFramesPerPair) >= 2, `transmit spread: ${s.txFramesPerPair.join(' ')}`);
+      t.diagnostic(`frames per pair: rx ${s.rxFramesPerPair.join(' ')}, tx ${s.txFramesPerPair.join(' ')}`);
+    } finally {
+      await r.close();
+    }
+  });
 
   test('link down through the export: the guest sees carrier off, then on again', async () => {
     const r = await rig();
