@@ -4,6 +4,7 @@
  */
 import { runBlkUmlBench } from './blk-uml.js';
 import { printSwitchBench, runSwitchBench } from './net-switch.js';
+import { runQcow2Bench } from './qcow2.js';
 import { runNetUmlBench } from './net-uml.js';
 import { RING_SCENARIOS, runRingBench } from './rings.js';
 import { runVhostBlkBench } from './vhost-blk.js';
@@ -33,6 +34,10 @@ async function main(): Promise<void> {
   }
   if (process.argv.includes('--net-only')) {
     await runNetUmlBench();
+    return;
+  }
+  if (process.argv.includes('--qcow2-only')) {
+    await runQcow2Bench({ quick });
     return;
   }
   if (process.argv.includes('--blk-only')) {
@@ -65,6 +70,7 @@ async function main(): Promise<void> {
   if (!process.argv.includes('--rings-only')) {
     await runBlkUmlBench();
     await runVhostBlkBench({ quick });
+    await runQcow2Bench({ quick });
     await switchBench(quick);
     await runNetUmlBench();
   }

@@ -33,7 +33,7 @@ import { VirtioBus } from '../src/virtio/driver/virtio-bus.js';
 const MiB = 1 << 20;
 const SECTOR = 512;
 
-interface Sizes {
+export interface Sizes {
   readonly imageBytes: number;
   readonly qd1Ops: number;
   readonly qd32Ops: number;
@@ -45,7 +45,7 @@ interface Sizes {
  * synchronous I/O on the host file (the physical limit). Both return the figure in `unit`. A new pattern is
  * one more entry; a new server (say a qcow2 image) is one more entry of `servers` in runVhostBlkBench.
  */
-interface Phase {
+export interface Phase {
   readonly label: string;
   readonly unit: 'IOPS' | 'MiB/s';
   /** Whether the ≥ 0.7× of raw target applies. */
@@ -76,7 +76,7 @@ async function atDepth(
   return seconds;
 }
 
-const randomRead = (depth: number): Phase => ({
+export const randomRead = (depth: number): Phase => ({
   label: `4 KiB random read, QD ${depth}`,
   unit: 'IOPS',
   rawTarget: false,
@@ -98,7 +98,7 @@ const randomRead = (depth: number): Phase => ({
   },
 });
 
-const sequential = (write: boolean, depth: number): Phase => ({
+export const sequential = (write: boolean, depth: number): Phase => ({
   label: `1 MiB sequential ${write ? 'write' : 'read'}${depth === 1 ? '' : `, QD ${depth}`}`,
   unit: 'MiB/s',
   rawTarget: true,
@@ -125,6 +125,28 @@ const sequential = (write: boolean, depth: number): Phase => ({
   },
 });
 
+/** 4 KiB writes of a constant pattern at random 4 KiB-aligned offsets (IOPS), without a flush. */
+export const randomWrite = (depth: number): Phase => ({
+  label: `4 KiB random write, QD ${depth}`,
+  unit: 'IOPS',
+  rawTarget: false,
+  run: async (disk, s, seed) => {
+    const r = rng(seed + 2);
+    const blocks = s.imageBytes / 4096;
+    const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
+    return ops / (await atDepth(disk, depth, ops, 4096, (b) => disk.writeFrom(r(blocks) * 8, b)));
+  },
+  raw: (fd, s, seed) => {
+    const r = rng(seed + 2);
+    const blocks = s.imageBytes / 4096;
+    const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
+    const small = Buffer.alloc(4096, 0xa5);
+    const t = now();
+    for (let i = 0; i < ops; i++) writeSync(fd, small, 0, 4096, r(blocks) * 4096);
+    return ops / (now() - t);
+  },
+});
+
 const PHASES: readonly Phase[] = [
   randomRead(1),
   randomRead(32),
@@ -133,9 +155,9 @@ const PHASES: readonly Phase[] = [
   sequential(false, 4),
   sequential(true, 4),
 ];
-type Result = number[];
+export type Result = number[];
 
-function rng(seed: number): (n: number) => number {
+export function rng(seed: number): (n: number) => number {
   let x = seed >>> 0 || 1;
   return (n) => {
     x ^= x << 13;
@@ -147,16 +169,21 @@ function rng(seed: number): (n: number) => number {
   };
 }
 
-const now = () => Number(process.hrtime.bigint()) / 1e9;
+export const now = () => Number(process.hrtime.bigint()) / 1e9;
 
-async function measureDisk(disk: VirtioBlkDisk, s: Sizes, seed: number): Promise<Result> {
+async function measureDisk(
+  disk: VirtioBlkDisk,
+  s: Sizes,
+  seed: number,
+  phases: readonly Phase[],
+): Promise<Result> {
   // Warm-up: a few requests so first-use costs are not timed.
   const warm = disk.allocBuffer(4096);
   const r = rng(seed);
   for (let i = 0; i < 64; i++) await disk.readInto(r(s.imageBytes / 4096) * 8, warm);
   disk.freeBuffer(warm);
   const out: Result = [];
-  for (const p of PHASES) out.push(await p.run(disk, s, seed));
+  for (const p of phases) out.push(await p.run(disk, s, seed));
   return out;
 }
 
@@ -197,7 +224,14 @@ async function stopServer(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
-async function runOne(argv: readonly string[], socket: string, s: Sizes, seed: number): Promise<Result> {
+/** Starts the server `argv` listening on `socket`, attaches ringvm's blk driver, runs `phases`, stops it. */
+export async function runOne(
+  argv: readonly string[],
+  socket: string,
+  s: Sizes,
+  seed: number,
+  phases: readonly Phase[] = PHASES,
+): Promise<Result> {
   const child = await startServer(argv, socket);
   try {
     const frontend = await VhostUserFrontend.connect(socket, {
@@ -209,7 +243,7 @@ async function runOne(argv: readonly string[], socket: string, s: Sizes, seed: n
     await bus.registerDriver(driver);
     const dev = await bus.addDevice(frontend);
     try {
-      return await measureDisk(driver.disk(dev), s, seed);
+      return await measureDisk(driver.disk(dev), s, seed, phases);
     } finally {
       await bus.removeDevice(dev);
       await frontend.close();
@@ -219,14 +253,78 @@ async function runOne(argv: readonly string[], socket: string, s: Sizes, seed: n
   }
 }
 
-function median(values: readonly number[]): number {
+export function median(values: readonly number[]): number {
   const v = [...values].sort((x, y) => x - y);
   const mid = v.length >> 1;
   return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
-function fmt(v: number, unit: 'IOPS' | 'MiB/s'): string {
+export function fmt(v: number, unit: 'IOPS' | 'MiB/s'): string {
   return unit === 'IOPS' ? `${(v / 1000).toFixed(1)} k` : v.toFixed(0);
+}
+
+/** Writes `bytes` of nonzero data to a new file at `path`, so every block of it is allocated. */
+export function writeFilledImage(path: string, bytes: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    const chunk = Buffer.alloc(16 * MiB, 0x5a);
+    for (let off = 0; off < bytes; off += chunk.length) writeSync(fd, chunk, 0, chunk.length, off);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A vhost-user-blk server: its name in the table and its command line listening on a socket. */
+export interface BlkServer {
+  readonly name: string;
+  readonly argv: (socket: string) => string[];
+}
+
+/**
+ * `rounds` rounds; each starts every server in turn (the order reversed on odd rounds, so neither always runs
+ * on a warmer machine) and runs `phases` against it; `afterRound` runs once per round after the servers.
+ * Returns results[server][round][phase].
+ */
+export async function runRounds(
+  servers: readonly BlkServer[],
+  work: string,
+  s: Sizes,
+  rounds: number,
+  phases: readonly Phase[],
+  afterRound: (round: number) => void = () => {},
+): Promise<Result[][]> {
+  const results: Result[][] = servers.map(() => []);
+  for (let round = 0; round < rounds; round++) {
+    const order = servers.map((_, k) => k);
+    if (round % 2 === 1) order.reverse();
+    for (const k of order) {
+      const server = servers[k]!;
+      const sock = join(work, `${server.name}.sock`);
+      results[k]!.push(await runOne(server.argv(sock), sock, s, round, phases));
+    }
+    afterRound(round);
+  }
+  return results;
+}
+
+/** The best round's figure of `phase`. */
+export function best(rows: readonly Result[], phase: number): number {
+  return Math.max(...rows.map((r) => r[phase]!));
+}
+
+/** "median [min–max]" of the per-round ratios of server `a` over server `b` on `phase`. */
+export function perRoundRatios(results: readonly Result[][], phase: number, a = 0, b = 1): string {
+  const perRound = results[a]!.map((r, round) => r[phase]! / results[b]![round]![phase]!);
+  return `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`;
+}
+
+/** Prints an aligned table: the first column left-aligned, the others right-aligned. */
+export function printTable(head: readonly string[], rows: readonly (readonly string[])[]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: readonly string[]) =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  console.log(line(head));
+  for (const r of rows) console.log(line(r));
 }
 
 export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promise<void> {
@@ -239,10 +337,7 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
   try {
     const image = join(work, 'disk.img');
     // Fully allocated: every block written once with nonzero data.
-    const fd = openSync(image, 'w');
-    const chunk = Buffer.alloc(16 * MiB, 0x5a);
-    for (let off = 0; off < s.imageBytes; off += chunk.length) writeSync(fd, chunk, 0, chunk.length, off);
-    closeSync(fd);
+    writeFilledImage(image, s.imageBytes);
     const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
     const exportArgs = (sock: string) => [
       '--blockdev',
@@ -251,7 +346,7 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
       `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on`,
     ];
     // ringvm first, qemu-storage-daemon second: the ratios compare these two; more servers add columns.
-    const servers = [
+    const servers: BlkServer[] = [
       { name: 'ringvm', argv: (sock: string) => [process.execPath, cli, 'serve', ...exportArgs(sock)] },
       { name: 'qemu-sd', argv: (sock: string) => ['qemu-storage-daemon', ...exportArgs(sock)] },
     ];
@@ -262,20 +357,11 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
         argv: (sock: string) => [process.execPath, baseline, 'serve', ...exportArgs(sock)],
       });
     }
-    /** results[server][round][phase], raw[round][phase] */
-    const results: Result[][] = servers.map(() => []);
+    /** raw[round][phase] */
     const raw: Result[] = [];
-    for (let round = 0; round < rounds; round++) {
-      const order = servers.map((_, k) => k);
-      if (round % 2 === 1) order.reverse();
-      for (const k of order) {
-        const server = servers[k]!;
-        const sock = join(work, `${server.name}.sock`);
-        results[k]!.push(await runOne(server.argv(sock), sock, s, round));
-      }
-      raw.push(measureRaw(image, s, round));
-    }
-    const best = (rows: Result[], phase: number) => Math.max(...rows.map((r) => r[phase]!));
+    const results = await runRounds(servers, work, s, rounds, PHASES, (round) =>
+      raw.push(measureRaw(image, s, round)),
+    );
     console.log(
       `\nHost-only vhost-user block I/O: ringvm's virtio-blk driver (zero-copy readInto/writeFrom) over ` +
         `VhostUserFrontend, against ${servers.map((x) => x.name).join(', ')} (${s.imageBytes / MiB} MiB allocated ` +
@@ -296,23 +382,18 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
       const figures = results.map((r) => best(r, i));
       const [a, b] = figures as [number, number];
       const h = best(raw, i);
-      const perRound = results[0]!.map((r, round) => r[i]! / results[1]![round]![i]!);
       return [
         `${p.label} (${p.unit})`,
         ...figures.map((v) => fmt(v, p.unit)),
         fmt(h, p.unit),
         `${(a / b).toFixed(2)}×`,
-        `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`,
+        perRoundRatios(results, i),
         `${(a / h).toFixed(2)}×`,
         `${(b / h).toFixed(2)}×`,
         ...(figures[2] === undefined ? [] : [`${(a / figures[2]).toFixed(2)}×`]),
       ];
     });
-    const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-    const line = (cells: string[]) =>
-      cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-    console.log(line(head));
-    for (const r of rows) console.log(line(r));
+    printTable(head, rows);
     console.log(
       'Targets: ringvm/QSD ≥ 1.0× on every line; ≥ 0.7× of raw for 1 MiB sequential (raw is one synchronous ' +
         'thread, so the QD 4 lines can pass it; raw writes end with fdatasync, as the servers end with FLUSH).',
