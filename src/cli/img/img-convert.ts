@@ -11,8 +11,8 @@
  * - inside a chunk, runs of all-zero blocks ({@link ZERO_DETECT_BYTES}, or the destination's cluster size) are
  *   found with memcmp (`Buffer.equals`) and not written; the rest goes out in one write per run.
  *
- * The destination is not fdatasync'ed (qemu-img convert's default cache mode is `unsafe` too); run `sync` if
- * the copy must survive a power cut.
+ * The destination is not fdatasync'ed, not even at a qcow2 destination's metadata barriers (qemu-img convert's
+ * default cache mode is `unsafe` too); run `sync` if the copy must survive a power cut.
  */
 import { realpath } from 'node:fs/promises';
 import { Qcow2Image, type Qcow2CreateOptions } from '../../backends/block/qcow2/index.js';
@@ -93,7 +93,8 @@ async function qcow2Target(
   compress: boolean,
 ): Promise<ConvertTarget> {
   await Qcow2Image.create(path, { ...options, size });
-  const image = await Qcow2Image.open(path, { readOnly: false });
+  // Not durable, as qemu-img convert's default cache=unsafe: a destination cut short is worthless anyway.
+  const image = await Qcow2Image.open(path, { readOnly: false, durable: false });
   const cluster = image.clusterSize;
   return {
     granularity: cluster,

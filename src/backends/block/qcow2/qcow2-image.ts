@@ -89,6 +89,11 @@ export interface Qcow2OpenOptions {
   readonly readOnly: boolean;
   /** Bytes of L2 tables to keep in memory (default 32 MiB); refcount blocks get a quarter of it more. */
   readonly cacheBytes?: number;
+  /**
+   * false: no fdatasync at all, barriers and flush() included (qemu's cache=unsafe) — the ordering still holds
+   * against a process crash, not against a power cut. For `ringvm img convert`'s new destination. Default true.
+   */
+  readonly durable?: boolean;
 }
 
 export interface Qcow2ChainElement {
@@ -317,7 +322,7 @@ export class Qcow2Image implements BlockBackend {
       );
     }
     visited.add(real);
-    const file = ImageFile.open(path, opts.readOnly);
+    const file = ImageFile.open(path, opts.readOnly, opts.durable !== false);
     let backing: BackingImage | undefined;
     try {
       const fileSize = file.size();
