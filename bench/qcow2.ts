@@ -22,8 +22,7 @@ import {
   now,
   perRoundRatios,
   printTable,
-  randomRead,
-  randomWrite,
+  random4k,
   runRounds,
   sequential,
   writeFilledImage,
@@ -34,7 +33,12 @@ import {
 
 const MiB = 1 << 20;
 
-const PHASES: readonly Phase[] = [randomRead(1), randomWrite(1), sequential(false, 1), sequential(true, 1)];
+const PHASES: readonly Phase[] = [
+  random4k(false, 1),
+  random4k(true, 1),
+  sequential(false, 1),
+  sequential(true, 1),
+];
 
 function run(cmd: string, args: readonly string[]): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });

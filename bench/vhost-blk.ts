@@ -76,24 +76,33 @@ async function atDepth(
   return seconds;
 }
 
-export const randomRead = (depth: number): Phase => ({
-  label: `4 KiB random read, QD ${depth}`,
+/** 4 KiB reads or writes (of a constant pattern, no flush) at random 4 KiB-aligned offsets (IOPS). */
+export const random4k = (write: boolean, depth: number): Phase => ({
+  label: `4 KiB random ${write ? 'write' : 'read'}, QD ${depth}`,
   unit: 'IOPS',
   rawTarget: false,
   run: async (disk, s, seed) => {
-    const r = rng(seed + 1);
+    const r = rng(seed + (write ? 2 : 1));
     const blocks = s.imageBytes / 4096;
     const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
-    return ops / (await atDepth(disk, depth, ops, 4096, (b) => disk.readInto(r(blocks) * 8, b)));
+    return (
+      ops /
+      (await atDepth(disk, depth, ops, 4096, (b) =>
+        write ? disk.writeFrom(r(blocks) * 8, b) : disk.readInto(r(blocks) * 8, b),
+      ))
+    );
   },
-  // A synchronous read has no queue: the same loop is the limit for every depth.
+  // Synchronous I/O has no queue: the same loop is the limit for every depth.
   raw: (fd, s, seed) => {
-    const r = rng(seed + 1);
+    const r = rng(seed + (write ? 2 : 1));
     const blocks = s.imageBytes / 4096;
     const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
-    const small = Buffer.alloc(4096);
+    const small = Buffer.alloc(4096, 0xa5);
     const t = now();
-    for (let i = 0; i < ops; i++) readSync(fd, small, 0, 4096, r(blocks) * 4096);
+    for (let i = 0; i < ops; i++) {
+      if (write) writeSync(fd, small, 0, 4096, r(blocks) * 4096);
+      else readSync(fd, small, 0, 4096, r(blocks) * 4096);
+    }
     return ops / (now() - t);
   },
 });
@@ -125,31 +134,9 @@ export const sequential = (write: boolean, depth: number): Phase => ({
   },
 });
 
-/** 4 KiB writes of a constant pattern at random 4 KiB-aligned offsets (IOPS), without a flush. */
-export const randomWrite = (depth: number): Phase => ({
-  label: `4 KiB random write, QD ${depth}`,
-  unit: 'IOPS',
-  rawTarget: false,
-  run: async (disk, s, seed) => {
-    const r = rng(seed + 2);
-    const blocks = s.imageBytes / 4096;
-    const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
-    return ops / (await atDepth(disk, depth, ops, 4096, (b) => disk.writeFrom(r(blocks) * 8, b)));
-  },
-  raw: (fd, s, seed) => {
-    const r = rng(seed + 2);
-    const blocks = s.imageBytes / 4096;
-    const ops = depth === 1 ? s.qd1Ops : s.qd32Ops;
-    const small = Buffer.alloc(4096, 0xa5);
-    const t = now();
-    for (let i = 0; i < ops; i++) writeSync(fd, small, 0, 4096, r(blocks) * 4096);
-    return ops / (now() - t);
-  },
-});
-
 const PHASES: readonly Phase[] = [
-  randomRead(1),
-  randomRead(32),
+  random4k(false, 1),
+  random4k(false, 32),
   sequential(false, 1),
   sequential(true, 1),
   sequential(false, 4),
