@@ -214,6 +214,11 @@ interface MappedMemRegion {
   readonly userAddr: number;
   readonly mapping: MappedRegion;
   readonly bytes: Uint8Array;
+  /**
+   * ADD_MEM_REGs of this very region not yet matched by a REM_MEM_REG. A front end with several vhost devices
+   * on one connection (QEMU's multiqueue vhost-user-net: one per queue pair) adds every region once per device.
+   */
+  adds: number;
 }
 
 /** A validated region, before mapping. */
@@ -539,6 +544,9 @@ export class VhostUserBackendSession {
     const extra = v & ~this.#offeredFeatures();
     if (extra !== 0n)
       fail('FEATURE_NOT_OFFERED', `SET_FEATURES ${hex(v)}: bits ${hex(extra)} were not offered`, v);
+    // The same features again (the next queue pair's vhost device of a multiqueue QEMU netdev): nothing changes,
+    // and the running rings are not reset under the pairs already started.
+    if (this.#live && v === this.#ackedFeatures) return;
     if (this.#live) this.#deactivate();
     this.#negotiate(v & ~PROTOCOL_FEATURES_BIT);
     this.#ackedFeatures = v;
@@ -598,6 +606,13 @@ export class VhostUserBackendSession {
   }
 
   #addMemReg(p: Uint8Array, fds: number[]): void {
+    const same = this.#findRegion(decodeSingleMemRegion(p));
+    if (same !== undefined) {
+      // Already mapped (another vhost device of the same front end): counted, its fd not needed.
+      same.adds++;
+      for (const fd of fds.splice(0)) this.hostIo.closeFd(fd);
+      return;
+    }
     if (this.#regions.length >= this.#maxMemSlots) {
       fail(
         'BAD_MEMORY_REGION',
@@ -614,18 +629,27 @@ export class VhostUserBackendSession {
     this.#reconcile();
   }
 
-  #remMemReg(p: Uint8Array): void {
-    const r = decodeSingleMemRegion(p);
-    // "identified by its guest address, user address and size. The mmap offset is ignored."
-    const i = this.#regions.findIndex(
+  /** The mapped region `r` names: "identified by its guest address, user address and size" (not the offset). */
+  #findRegion(r: MemRegion): MappedMemRegion | undefined {
+    return this.#regions.find(
       (m) =>
         BigInt(m.guestAddr) === r.guestAddr && BigInt(m.userAddr) === r.userAddr && BigInt(m.size) === r.size,
     );
-    if (i < 0) {
+  }
+
+  #remMemReg(p: Uint8Array): void {
+    const r = decodeSingleMemRegion(p);
+    const region = this.#findRegion(r);
+    if (region === undefined) {
       fail('REGION_NOT_FOUND', `REM_MEM_REG: no region at guest ${hex(r.guestAddr)} size ${hex(r.size)}`, r);
     }
+    if (region.adds > 1) {
+      // Still added by another vhost device of the front end: stays mapped.
+      region.adds--;
+      return;
+    }
     if (this.#live) this.#deactivate();
-    const [gone] = this.#regions.splice(i, 1);
+    const [gone] = this.#regions.splice(this.#regions.indexOf(region), 1);
     gone?.mapping.unmap();
     this.#rebuildMemory();
     this.#reconcile();
@@ -689,6 +713,7 @@ export class VhostUserBackendSession {
           userAddr: s.userAddr,
           mapping,
           bytes: mapping.bytes.subarray(s.mmapOffset, length),
+          adds: 1,
         });
       });
     } catch (e) {

@@ -308,6 +308,42 @@ describe('VhostUserBackendSession: a UML probe, end to end', () => {
     r.io.assertClean();
   });
 
+  test('a second vhost device on the connection (QEMU multiqueue net): same features and region change nothing', () => {
+    const r = rig({ queues: 1 });
+    const acked = umlNegotiate(r, SUPPORTED_PROTOCOL_FEATURES);
+    umlFindVqs(r, 1);
+    const { vq } = driverQueue(r, 0, acked & ~BIT30);
+    const echo = (token: string) => {
+      addEcho(r, vq, token);
+      vq.kick();
+      r.session.kick(0);
+      assert.equal(vq.getBuf()?.token, token);
+    };
+    echo('first device');
+    // The next queue pair's device: SET_FEATURES and ADD_MEM_REG again, identical.
+    feed(r.session, r.fe.u64(R.SET_FEATURES, acked));
+    assert.equal(r.session.ring(0)?.live, true, 'the running ring was not reset');
+    const fd = r.io.memFd(r.fe.file);
+    const add = {
+      bytes: encodeRequest(R.ADD_MEM_REG, encodeSingleMemRegion(r.fe.region()), true),
+      fds: [fd],
+    };
+    feed(r.session, add);
+    assert.equal(r.io.liveMappings, 1, 'mapped once');
+    assert.ok(!r.io.open.has(fd), 'the duplicate fd is closed');
+    echo('after the second device');
+    // One device removes it: still mapped for the other.
+    const rem = { bytes: encodeRequest(R.REM_MEM_REG, encodeSingleMemRegion(r.fe.region())), fds: [] };
+    feed(r.session, rem);
+    assert.equal(r.io.liveMappings, 1);
+    echo('one removal later');
+    feed(r.session, rem);
+    assert.equal(r.session.memory, null);
+    assert.equal(r.io.liveMappings, 0);
+    r.session.close();
+    r.io.assertClean();
+  });
+
   test('a new SET_MEM_TABLE unmaps the previous one; the live ring keeps its base', () => {
     const r = rig({ queues: 1 });
     const acked = umlNegotiate(r);
