@@ -151,9 +151,10 @@ const FEATURE_REQUIRES: readonly (readonly [number, readonly number[]])[] = [
   [F.VIRTIO_NET_F_HOST_ECN, [F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_HOST_TSO6]],
   [F.VIRTIO_NET_F_CTRL_RX, [F.VIRTIO_NET_F_CTRL_VQ]],
   [F.VIRTIO_NET_F_CTRL_VLAN, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_GUEST_ANNOUNCE, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_MQ, [F.VIRTIO_NET_F_CTRL_VQ]],
   [F.VIRTIO_NET_F_CTRL_MAC_ADDR, [F.VIRTIO_NET_F_CTRL_VQ]],
+  // Not here: GUEST_ANNOUNCE and MQ without CTRL_VQ. A driver must not ask for them alone (§5.1.3.1), but a
+  // vhost-user front end that runs the control queue itself (QEMU's virtio-net: only the data-path bits reach
+  // its back end) passes exactly that, and then owns announce and the pair count; see `activate`.
 ];
 
 /** Receive state of one pair: the chains popped ahead of data during a pass, and their writable views. */
@@ -387,7 +388,12 @@ export class NetDevice implements VirtioDevice {
         b.start(this.#eventsFor(i));
       });
     }
-    this.#setActivePairs(1);
+    // With the control queue, VQ_PAIRS_SET picks the pairs (1 until it comes). MQ without it: whoever drives the
+    // device runs the control queue elsewhere and enables the rings of the pairs in use, so the pairs whose
+    // receive queue is enabled are the active ones (the others' back ends stop taking frames for them).
+    this.#setActivePairs(
+      has(F.VIRTIO_NET_F_MQ) && !has(F.VIRTIO_NET_F_CTRL_VQ) ? enabledPairs(context, this.queuePairs) : 1,
+    );
     for (let pair = 0; pair < this.queuePairs; pair++) this.#drainTx(pair);
     this.#drainCtrl();
   }
@@ -845,4 +851,11 @@ function fillBytes(views: readonly Uint8Array[], offset: number, len: number, va
 function writeU16(views: readonly Uint8Array[], offset: number, value: number): void {
   fillBytes(views, offset, 1, value & 0xff);
   fillBytes(views, offset + 1, 1, value >>> 8);
+}
+
+/** Leading queue pairs whose receive queue the driver enabled (at least 1). */
+function enabledPairs(context: DeviceContext, max: number): number {
+  let pairs = 0;
+  while (pairs < max && context.queues[2 * pairs]?.isActive === true) pairs++;
+  return Math.max(1, pairs);
 }

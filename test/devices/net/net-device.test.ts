@@ -124,6 +124,32 @@ describe('NetDevice: configuration and features', () => {
     );
     assert.ok(!d.validateFeatures(bit(NetFeature.VIRTIO_NET_F_CTRL_RX)));
   });
+
+  test('MQ and GUEST_ANNOUNCE without CTRL_VQ (a front end running the control queue itself): every pair live', async () => {
+    const d = new NetDevice({ backends: [new MemoryNetBackend()] });
+    const bit = (n: number) => 1n << BigInt(n);
+    assert.ok(
+      d.validateFeatures(bit(NetFeature.VIRTIO_NET_F_MQ) | bit(NetFeature.VIRTIO_NET_F_GUEST_ANNOUNCE)),
+    );
+    // QEMU's virtio-net over vhost-user acks only data-path bits: no CTRL_VQ and nothing that needs it.
+    const dataPath = ALL_NET_FEATURES.filter(
+      (f) =>
+        f !== NetFeature.VIRTIO_NET_F_CTRL_VQ &&
+        f !== NetFeature.VIRTIO_NET_F_CTRL_RX &&
+        f !== NetFeature.VIRTIO_NET_F_CTRL_VLAN &&
+        f !== NetFeature.VIRTIO_NET_F_CTRL_MAC_ADDR,
+    );
+    const s = await setupNet({
+      backends: [new MemoryNetBackend(), new MemoryNetBackend()],
+      featureTable: dataPath,
+    });
+    assert.deepEqual(s.faults, []);
+    assert.equal(s.device.activePairs, 2);
+    assert.deepEqual(
+      s.backends.map((b) => b.enabled),
+      [true, true],
+    );
+  });
 });
 
 describe('NetDevice: transmit', () => {
