@@ -1,0 +1,75 @@
+/**
+ * A ringvm virtio-net export on a new tap whose host side lives in a network namespace made for the test, with
+ * an address (`PREFIX.1/24`) and a DHCP server handing out `PREFIX.10`–`PREFIX.20`. What guest tests (UML or
+ * QEMU) attach their guest to; `close()` stops the export and deletes the namespace.
+ */
+import { DEVICE_FACTORIES_MODULE } from '../../src/cli/export-runner.js';
+import type { NetDeviceArgs } from '../../src/cli/device-factories.js';
+import type { NetDeviceStats } from '../../src/devices/net/net-device.js';
+import { VhostUserExport } from '../../src/transport/vhost-user/vhost-user-export.js';
+import { NetNamespace, uniqueName } from './net-namespace.js';
+import { join } from 'node:path';
+
+export interface NetExportRig {
+  readonly ns: NetNamespace;
+  readonly exp: VhostUserExport;
+  /** The tap, now inside `ns`. */
+  readonly ifname: string;
+  /** The export's vhost-user socket. */
+  readonly socket: string;
+  /** What the export worker logged. */
+  readonly log: readonly string[];
+  stats(): Promise<NetDeviceStats>;
+  close(): Promise<void>;
+}
+
+export interface NetExportRigOptions {
+  /** Where the socket and udhcpd's files go. */
+  readonly dir: string;
+  /** The /24's first three octets, e.g. `10.99.0`. */
+  readonly prefix: string;
+  readonly queues?: number;
+  readonly offloads?: boolean;
+  readonly vnetHdr?: boolean;
+}
+
+export async function startNetExportRig(options: NetExportRigOptions): Promise<NetExportRig> {
+  const ifname = uniqueName('rvt');
+  const socket = join(options.dir, `${ifname}.sock`);
+  const queues = options.queues ?? 1;
+  const args: NetDeviceArgs = {
+    backend: { kind: 'tap', ifname, queues, vnetHdr: options.vnetHdr ?? true },
+    queuePairs: queues,
+    mac: '52:54:00:12:34:56',
+    offloads: options.offloads ?? true,
+  };
+  const log: string[] = [];
+  const exp = await VhostUserExport.start({
+    socketPath: socket,
+    device: { module: DEVICE_FACTORIES_MODULE, name: 'createNetDevice', args },
+    onLog: (line) => log.push(line),
+  });
+  let ns: NetNamespace | undefined;
+  try {
+    ns = NetNamespace.create();
+    ns.adopt(ifname, `${options.prefix}.1/24`);
+    ns.startDhcp(ifname, options.prefix, options.dir);
+  } catch (e) {
+    ns?.delete();
+    await exp.stop();
+    throw e;
+  }
+  const made = ns;
+  return {
+    ns: made,
+    exp,
+    ifname,
+    socket,
+    log,
+    stats: async () => (await exp.control({ op: 'stats' })) as NetDeviceStats,
+    close: async () => {
+      await exp.stop();
+      made.delete();
+    },
+  };
+}
