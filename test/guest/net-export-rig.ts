@@ -8,7 +8,42 @@ import type { NetDeviceArgs } from '../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../src/devices/net/net-device.js';
 import { VhostUserExport } from '../../src/transport/vhost-user/vhost-user-export.js';
 import { NetNamespace, uniqueName } from './net-namespace.js';
+import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+
+/** Writes `DIR/dhcp.sh`, the script busybox udhcpc runs in the guest: it configures the lease it got. */
+export function writeDhcpScript(dir: string): void {
+  writeFileSync(
+    join(dir, 'dhcp.sh'),
+    '#!/bin/sh\ncase "$1" in bound|renew) ifconfig "$interface" "$ip" netmask "$subnet" ;; esac\n',
+    { mode: 0o755 },
+  );
+}
+
+/** Guest shell: eth0 up, a DHCP lease (the shared dir is /host), its address printed, three pings to `host`. */
+export function guestNetUp(host: string): string {
+  return [
+    'ip link set eth0 up',
+    'udhcpc -i eth0 -n -q -t 20 -T 1 -s /host/dhcp.sh >/dev/null 2>&1',
+    'ip -4 -o addr show eth0',
+    `ping -c 3 -W 5 ${host}`,
+  ].join(' && ');
+}
+
+/** Resolves when `child` (a socat writing a file) has exited: then every byte it received is in the file. */
+export function exited(child: ChildProcess, what: string): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(new Error(`${what} did not finish`));
+    }, 60_000);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
 
 export interface NetExportRig {
   readonly ns: NetNamespace;

@@ -17,7 +17,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiB, pattern, run, script } from '../../guest/guest-harness.js';
-import { startNetExportRig } from '../../guest/net-export-rig.js';
+import { exited, guestNetUp, startNetExportRig, writeDhcpScript } from '../../guest/net-export-rig.js';
 
 const PREFIX = '10.96.0';
 const HOST = `${PREFIX}.1`;
@@ -37,11 +37,7 @@ before(async () => {
   const bytes = pattern(8 * MiB, 0xc0de);
   writeFileSync(data, bytes);
   dataMd5 = createHash('md5').update(bytes).digest('hex');
-  writeFileSync(
-    join(dir, 'dhcp.sh'),
-    '#!/bin/sh\ncase "$1" in bound|renew) ifconfig "$interface" "$ip" netmask "$subnet" ;; esac\n',
-    { mode: 0o755 },
-  );
+  writeDhcpScript(dir);
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });
@@ -55,19 +51,19 @@ function runQemu(args: string[]) {
   );
 }
 
-const UP = [
-  'ip link set eth0 up',
-  'udhcpc -i eth0 -n -q -t 20 -T 1 -s /host/dhcp.sh >/dev/null 2>&1',
-  'ip -4 -o addr show eth0',
-  `ping -c 3 -W 5 ${HOST}`,
-].join(' && ');
+const UP = guestNetUp(HOST);
 
 describe('QEMU TCG guest: virtio-net-pci on a ringvm vhost-user-net export', { timeout: 20 * 60_000 }, () => {
   test('DHCP, ping, 8 MiB over TCP each way, checksums match', async () => {
     const r = await startNetExportRig({ dir, prefix: PREFIX });
     try {
       const received = join(dir, `received-${r.ifname}.bin`);
-      r.ns.spawn(['socat', '-u', 'TCP-LISTEN:5001,reuseaddr', `OPEN:${received},creat,trunc`]);
+      const receiver = r.ns.spawn([
+        'socat',
+        '-u',
+        'TCP-LISTEN:5001,reuseaddr',
+        `OPEN:${received},creat,trunc`,
+      ]);
       r.ns.spawn(['socat', '-u', `OPEN:${data}`, 'TCP-LISTEN:5002,reuseaddr']);
       const g = await runQemu([
         '--qemu',
@@ -93,6 +89,7 @@ describe('QEMU TCG guest: virtio-net-pci on a ringvm vhost-user-net export', { t
       );
       assert.match(g.stdout, /3 packets transmitted, 3 packets received/);
       assert.match(g.stdout, new RegExp(`md5 ${dataMd5}`), 'host → guest checksum');
+      await exited(receiver, 'the receiving socat');
       assert.equal(createHash('md5').update(readFileSync(received)).digest('hex'), dataMd5, 'guest → host');
       const s = await r.stats();
       assert.deepEqual(s.errors, {});

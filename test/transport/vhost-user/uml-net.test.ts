@@ -13,12 +13,16 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEVICE_FACTORIES_MODULE } from '../../../src/cli/export-runner.js';
-import type { NetDeviceArgs, NetInfo } from '../../../src/cli/device-factories.js';
+import type { NetInfo } from '../../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../../src/devices/net/net-device.js';
-import { VhostUserExport } from '../../../src/transport/vhost-user/vhost-user-export.js';
 import { MiB, killGroup, pattern, script } from '../../guest/guest-harness.js';
-import { NetNamespace, uniqueName } from '../../guest/net-namespace.js';
+import {
+  exited,
+  guestNetUp,
+  startNetExportRig,
+  writeDhcpScript,
+  type NetExportRig,
+} from '../../guest/net-export-rig.js';
 
 const PREFIX = '10.99.0';
 const HOST = `${PREFIX}.1`;
@@ -34,63 +38,17 @@ before(() => {
   const bytes = pattern(100 * MiB, 0x5eed);
   writeFileSync(data, bytes);
   dataMd5 = createHash('md5').update(bytes).digest('hex');
-  // udhcpc's script: configure the lease (busybox passes ip, subnet, router).
-  writeFileSync(
-    join(dir, 'dhcp.sh'),
-    '#!/bin/sh\ncase "$1" in bound|renew) ifconfig "$interface" "$ip" netmask "$subnet" ;; esac\n',
-    { mode: 0o755 },
-  );
+  writeDhcpScript(dir);
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Rig {
-  readonly ns: NetNamespace;
-  readonly exp: VhostUserExport;
-  readonly ifname: string;
-  readonly socket: string;
-  close(): Promise<void>;
-}
+type Rig = NetExportRig;
 
 /** A net export on a new tap, the tap moved into a new namespace with an address and a DHCP server. */
-async function rig(options: { queues?: number; offloads?: boolean; vnetHdr?: boolean } = {}): Promise<Rig> {
-  const ifname = uniqueName('rvt');
-  const socket = join(dir, `${ifname}.sock`);
-  const queues = options.queues ?? 1;
-  const args: NetDeviceArgs = {
-    backend: { kind: 'tap', ifname, queues, vnetHdr: options.vnetHdr ?? true },
-    queuePairs: queues,
-    mac: '52:54:00:12:34:56',
-    offloads: options.offloads ?? true,
-  };
-  const log: string[] = [];
-  const exp = await VhostUserExport.start({
-    socketPath: socket,
-    device: { module: DEVICE_FACTORIES_MODULE, name: 'createNetDevice', args },
-    onLog: (line) => log.push(line),
-  });
-  let ns: NetNamespace | undefined;
-  try {
-    ns = NetNamespace.create();
-    ns.adopt(ifname, `${HOST}/24`);
-    ns.startDhcp(ifname, PREFIX, dir);
-  } catch (e) {
-    ns?.delete();
-    await exp.stop();
-    throw e;
-  }
-  const made = ns;
-  return {
-    ns: made,
-    exp,
-    ifname,
-    socket,
-    close: async () => {
-      await exp.stop();
-      made.delete();
-    },
-  };
+function rig(options: { queues?: number; offloads?: boolean; vnetHdr?: boolean } = {}): Promise<Rig> {
+  return startNetExportRig({ dir, prefix: PREFIX, ...options });
 }
 
 interface Boot {
@@ -128,34 +86,14 @@ function boot(r: Rig, cmd: string, onLine: (line: string) => void = () => undefi
   });
 }
 
-/** The guest's DHCP and ping, as shell. */
-const UP = [
-  'ip link set eth0 up',
-  'udhcpc -i eth0 -n -q -t 20 -T 1 -s /host/dhcp.sh >/dev/null 2>&1',
-  'ip -4 -o addr show eth0',
-  `ping -c 3 -W 5 ${HOST}`,
-].join(' && ');
+const UP = guestNetUp(HOST);
 
 function md5(path: string): string {
   return createHash('md5').update(readFileSync(path)).digest('hex');
 }
 
-/** Resolves when `child` (a socat writing a file) has exited: then every byte it received is in the file. */
-function exited(child: ChildProcess, what: string): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      reject(new Error(`${what} did not finish`));
-    }, 60_000);
-    child.on('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
-
-async function stats(r: Rig): Promise<NetDeviceStats> {
-  return (await r.exp.control({ op: 'stats' })) as NetDeviceStats;
+function stats(r: Rig): Promise<NetDeviceStats> {
+  return r.stats();
 }
 
 describe('UML guest on ringvm virtio-net over a tap', { timeout: 20 * 60_000 }, () => {
