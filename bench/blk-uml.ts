@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, runUml, script } from '../test/guest/guest-harness.js';
+import { ratioSpread } from './round-stats.js';
 
 const IMAGE_MIB = 256;
 const SEQ_MIB = 192;
@@ -101,12 +102,6 @@ function parsePhases(stdout: string, disks: number): number[][][] {
     throw new Error(`the guest did not report every phase of every round:\n${stdout}`);
   }
   return times;
-}
-
-function median(values: readonly number[]): number {
-  const v = [...values].sort((x, y) => x - y);
-  const mid = v.length >> 1;
-  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
 async function waitForPath(path: string, child: ChildProcess, timeoutMs: number): Promise<number> {
@@ -232,7 +227,7 @@ export async function runBlkUmlBench(): Promise<void> {
       const a = best(0);
       const b = best(1);
       const perRound = times[0]![i]!.map((t, round) => times[1]![i]![round]! / t);
-      const rounds = `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`;
+      const rounds = ratioSpread(perRound);
       const c = times.length > 2 ? best(2) : undefined;
       const more = c === undefined ? '' : `  ${fmt(c).padStart(14)}  ${(c / a).toFixed(2).padStart(6)}×`;
       console.log(

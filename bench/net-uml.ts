@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { run, script } from '../test/guest/guest-harness.js';
 import { NetNamespace, ip, uniqueName } from '../test/guest/net-namespace.js';
+import { ratioSpread } from './round-stats.js';
 
 const STREAM_MIB = 512;
 const RR_COUNT = 10_000;
@@ -88,12 +89,6 @@ function parsePhases(stdout: string): number[][][] {
     throw new Error(`the guest did not report every phase of every round:\n${stdout}`);
   }
   return times;
-}
-
-function median(values: readonly number[]): number {
-  const v = [...values].sort((x, y) => x - y);
-  const mid = v.length >> 1;
-  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
 /** Waits until `ifname` exists in this namespace (ringvm serve creates the tap before it listens). */
@@ -185,7 +180,7 @@ export async function runNetUmlBench(): Promise<void> {
       const a = best(0);
       const b = best(1);
       const perRound = times[0]![i]!.map((t, round) => times[1]![i]![round]! / t);
-      const rounds = `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`;
+      const rounds = ratioSpread(perRound);
       console.log(
         `${p.name.padEnd(28)}  ${fmt(a).padStart(16)}  ${fmt(b).padStart(16)}  ${(b / a).toFixed(2).padStart(5)}×  ${rounds.padStart(18)}`,
       );

@@ -29,6 +29,7 @@ import { join } from 'node:path';
 import { VirtioBlkDriver, type BlkBuffer, type VirtioBlkDisk } from '../src/drivers/blk/blk-driver.js';
 import { VhostUserFrontend } from '../src/transport/vhost-user/frontend.js';
 import { VirtioBus } from '../src/virtio/driver/virtio-bus.js';
+import { ratioSpread } from './round-stats.js';
 
 const MiB = 1 << 20;
 const SECTOR = 512;
@@ -240,12 +241,6 @@ export async function runOne(
   }
 }
 
-export function median(values: readonly number[]): number {
-  const v = [...values].sort((x, y) => x - y);
-  const mid = v.length >> 1;
-  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
-}
-
 export function fmt(v: number, unit: 'IOPS' | 'MiB/s'): string {
   return unit === 'IOPS' ? `${(v / 1000).toFixed(1)} k` : v.toFixed(0);
 }
@@ -302,7 +297,7 @@ export function best(rows: readonly Result[], phase: number): number {
 /** "median [min–max]" of the per-round ratios of server `a` over server `b` on `phase`. */
 export function perRoundRatios(results: readonly Result[][], phase: number, a = 0, b = 1): string {
   const perRound = results[a]!.map((r, round) => r[phase]! / results[b]![round]![phase]!);
-  return `${median(perRound).toFixed(2)} [${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}]`;
+  return ratioSpread(perRound);
 }
 
 /** Prints an aligned table: the first column left-aligned, the others right-aligned. */
