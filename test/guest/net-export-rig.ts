@@ -45,6 +45,18 @@ export function exited(child: ChildProcess, what: string): Promise<void> {
   });
 }
 
+/** The guest's TCP ports for {@link NetExportRig.startTransferPeers}: it sends to the first, reads the second. */
+export const TRANSFER_SINK_PORT = 5001;
+export const TRANSFER_SOURCE_PORT = 5002;
+
+/** Host-side peers of a one-shot transfer each way: a receiver writing a file, and a sender of a file. */
+export interface TransferPeers {
+  /** Where the receiver writes what the guest sent to {@link TRANSFER_SINK_PORT}. */
+  readonly received: string;
+  /** The receiving socat: once it has {@link exited}, `received` holds every byte. */
+  readonly receiver: ChildProcess;
+}
+
 export interface NetExportRig {
   readonly ns: NetNamespace;
   readonly exp: VhostUserExport;
@@ -55,6 +67,11 @@ export interface NetExportRig {
   /** What the export worker logged. */
   readonly log: readonly string[];
   stats(): Promise<NetDeviceStats>;
+  /**
+   * socat peers in the namespace: one connection's bytes to {@link TRANSFER_SINK_PORT} go to a file, and
+   * `source` is served once on {@link TRANSFER_SOURCE_PORT}.
+   */
+  startTransferPeers(source: string): TransferPeers;
   close(): Promise<void>;
 }
 
@@ -102,6 +119,17 @@ export async function startNetExportRig(options: NetExportRigOptions): Promise<N
     socket,
     log,
     stats: async () => (await exp.control({ op: 'stats' })) as NetDeviceStats,
+    startTransferPeers: (source) => {
+      const received = join(options.dir, `received-${ifname}.bin`);
+      const receiver = made.spawn([
+        'socat',
+        '-u',
+        `TCP-LISTEN:${TRANSFER_SINK_PORT},reuseaddr`,
+        `OPEN:${received},creat,trunc`,
+      ]);
+      made.spawn(['socat', '-u', `OPEN:${source}`, `TCP-LISTEN:${TRANSFER_SOURCE_PORT},reuseaddr`]);
+      return { received, receiver };
+    },
     close: async () => {
       await exp.stop();
       made.delete();

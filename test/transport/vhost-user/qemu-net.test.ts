@@ -17,7 +17,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiB, pattern, run, script } from '../../guest/guest-harness.js';
-import { exited, guestNetUp, startNetExportRig, writeDhcpScript } from '../../guest/net-export-rig.js';
+import {
+  TRANSFER_SINK_PORT,
+  TRANSFER_SOURCE_PORT,
+  exited,
+  guestNetUp,
+  startNetExportRig,
+  writeDhcpScript,
+} from '../../guest/net-export-rig.js';
 
 const PREFIX = '10.96.0';
 const HOST = `${PREFIX}.1`;
@@ -53,33 +60,39 @@ function runQemu(args: string[]) {
 
 const UP = guestNetUp(HOST);
 
+/** run-qemu's `--qemu ARG` for each of `args`. */
+function qemuArgs(...args: string[]): string[] {
+  return args.flatMap((a) => ['--qemu', a]);
+}
+
+/**
+ * A virtio-net-pci on a vhost-user netdev over `socket`, with extra netdev and device options. INTx
+ * (`vectors=0`): see the top of this file.
+ */
+function vhostUserNic(socket: string, netdevOptions: string, deviceOptions: string): string[] {
+  return qemuArgs(
+    '-chardev',
+    `socket,id=c1,path=${socket}`,
+    '-netdev',
+    `vhost-user,id=n1,chardev=c1${netdevOptions}`,
+    '-device',
+    `virtio-net-pci,netdev=n1${deviceOptions},vectors=0`,
+  );
+}
+
 describe('QEMU TCG guest: virtio-net-pci on a ringvm vhost-user-net export', { timeout: 20 * 60_000 }, () => {
   test('DHCP, ping, 8 MiB over TCP each way, checksums match', async () => {
     const r = await startNetExportRig({ dir, prefix: PREFIX });
     try {
-      const received = join(dir, `received-${r.ifname}.bin`);
-      const receiver = r.ns.spawn([
-        'socat',
-        '-u',
-        'TCP-LISTEN:5001,reuseaddr',
-        `OPEN:${received},creat,trunc`,
-      ]);
-      r.ns.spawn(['socat', '-u', `OPEN:${data}`, 'TCP-LISTEN:5002,reuseaddr']);
+      const { received, receiver } = r.startTransferPeers(data);
       const g = await runQemu([
-        '--qemu',
-        '-chardev',
-        '--qemu',
-        `socket,id=c1,path=${r.socket}`,
-        '--qemu',
-        '-netdev',
-        '--qemu',
-        'vhost-user,id=n1,chardev=c1',
-        '--qemu',
-        '-device',
-        '--qemu',
-        'virtio-net-pci,netdev=n1,vectors=0',
+        ...vhostUserNic(r.socket, '', ''),
         '--',
-        [UP, `nc ${HOST} 5001 < /host/data.bin`, `echo "md5 $(nc ${HOST} 5002 | md5sum)"`].join(' && '),
+        [
+          UP,
+          `nc ${HOST} ${TRANSFER_SINK_PORT} < /host/data.bin`,
+          `echo "md5 $(nc ${HOST} ${TRANSFER_SOURCE_PORT} | md5sum)"`,
+        ].join(' && '),
       ]);
       assert.equal(g.code, 0, `guest failed:\n${g.stdout}\n${g.stderr}\n${r.log.join('\n')}`);
       assert.match(
@@ -110,23 +123,9 @@ describe('QEMU TCG guest: virtio-net-pci on a ringvm vhost-user-net export', { t
       r.ns.spawn(['socat', '-U', 'TCP-LISTEN:5003,reuseaddr,fork', `OPEN:${data}`]);
       const flows = Array.from({ length: FLOWS }, () => `nc ${HOST} 5003 | md5sum`).join('; ');
       const g = await runQemu([
-        '--qemu',
-        '-chardev',
-        '--qemu',
-        `socket,id=cmq,path=${r.socket}`,
-        '--qemu',
-        '-netdev',
-        '--qemu',
-        'vhost-user,id=nmq,chardev=cmq,queues=2',
-        '--qemu',
-        '-device',
-        '--qemu',
-        'virtio-net-pci,netdev=nmq,mq=on,vectors=0',
+        ...vhostUserNic(r.socket, ',queues=2', ',mq=on'),
         // Linux starts with one pair per CPU (curr_queue_pairs), so two CPUs to get both.
-        '--qemu',
-        '-smp',
-        '--qemu',
-        '2',
+        ...qemuArgs('-smp', '2'),
         '--',
         [UP, 'echo "queues $(ls /sys/class/net/eth0/queues | tr "\\n" " ")"', `{ ${flows}; }`].join(' && '),
       ]);

@@ -17,6 +17,8 @@ import type { NetInfo } from '../../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../../src/devices/net/net-device.js';
 import { MiB, killGroup, pattern, script } from '../../guest/guest-harness.js';
 import {
+  TRANSFER_SINK_PORT,
+  TRANSFER_SOURCE_PORT,
   exited,
   guestNetUp,
   startNetExportRig,
@@ -101,19 +103,12 @@ describe('UML guest on ringvm virtio-net over a tap', { timeout: 20 * 60_000 }, 
     test(`DHCP, ping, 100 MiB over TCP each way, checksums match (offloads ${offloads ? 'on' : 'off'})`, async () => {
       const r = await rig({ offloads });
       try {
-        const received = join(dir, `received-${r.ifname}.bin`);
-        const receiver = r.ns.spawn([
-          'socat',
-          '-u',
-          'TCP-LISTEN:5001,reuseaddr',
-          `OPEN:${received},creat,trunc`,
-        ]);
-        r.ns.spawn(['socat', '-u', `OPEN:${data}`, 'TCP-LISTEN:5002,reuseaddr']);
+        const { received, receiver } = r.startTransferPeers(data);
         const cmd = [
           UP,
           'ethtool -k eth0 | grep -E "^(tx-checksumming|tcp-segmentation-offload):"',
-          `nc ${HOST} 5001 < /host/data.bin`,
-          `echo "md5 $(nc ${HOST} 5002 | md5sum)"`,
+          `nc ${HOST} ${TRANSFER_SINK_PORT} < /host/data.bin`,
+          `echo "md5 $(nc ${HOST} ${TRANSFER_SOURCE_PORT} | md5sum)"`,
         ].join(' && ');
         const g = await boot(r, cmd);
         assert.equal(g.code, 0, g.out);
