@@ -606,7 +606,8 @@ export class VhostUserBackendSession {
   }
 
   #addMemReg(p: Uint8Array, fds: number[]): void {
-    const same = this.#findRegion(decodeSingleMemRegion(p));
+    const region = decodeSingleMemRegion(p);
+    const same = this.#findRegion(region);
     if (same !== undefined) {
       // Already mapped (another vhost device of the same front end): counted, its fd not needed.
       same.adds++;
@@ -620,7 +621,7 @@ export class VhostUserBackendSession {
         this.#maxMemSlots,
       );
     }
-    const spec = this.#checkRegion(decodeSingleMemRegion(p), 'ADD_MEM_REG region');
+    const spec = this.#checkRegion(region, 'ADD_MEM_REG region');
     checkOverlaps([...this.#regions.map((r) => ({ ...r, mmapOffset: 0 })), spec]);
     const [mapped] = this.#mapRegions([spec], fds.splice(0));
     if (this.#live) this.#deactivate();

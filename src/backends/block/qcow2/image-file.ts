@@ -169,14 +169,14 @@ export class ImageFile {
 
   /** pwritev of every byte of `bufs` at `pos`. */
   writev(bufs: readonly Uint8Array[], pos: number): void {
-    this.#written = true;
-    let total = 0;
-    for (const b of bufs) total += b.length;
-    if (pos + total > this.#end) this.#end = pos + total;
     if (bufs.length === 1) {
       this.write(bufs[0] as Uint8Array, pos);
       return;
     }
+    this.#written = true;
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (pos + total > this.#end) this.#end = pos + total;
     this.#vector('write', bufs, pos);
   }
 
