@@ -7,10 +7,31 @@ import { DEVICE_FACTORIES_MODULE } from '../../src/cli/export-runner.js';
 import type { NetDeviceArgs } from '../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../src/devices/net/net-device.js';
 import { VhostUserExport } from '../../src/transport/vhost-user/vhost-user-export.js';
+import { pattern } from './guest-harness.js';
 import { NetNamespace, uniqueName } from './net-namespace.js';
 import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+/** A guest test's shared directory (/host in the guest): the DHCP script and a file of test data. */
+export interface NetGuestDir {
+  readonly dir: string;
+  /** `bytes` of deterministic data, what the guest and the host send each other. */
+  readonly data: string;
+  readonly dataMd5: string;
+}
+
+/** Makes a temporary {@link NetGuestDir} named after `name`, with `bytes` of data from `seed`. */
+export function makeNetGuestDir(name: string, bytes: number, seed: number): NetGuestDir {
+  const dir = mkdtempSync(join(tmpdir(), `ringvm-${name}-`));
+  const data = join(dir, 'data.bin');
+  const content = pattern(bytes, seed);
+  writeFileSync(data, content);
+  writeDhcpScript(dir);
+  return { dir, data, dataMd5: createHash('md5').update(content).digest('hex') };
+}
 
 /** Writes `DIR/dhcp.sh`, the script busybox udhcpc runs in the guest: it configures the lease it got. */
 export function writeDhcpScript(dir: string): void {

@@ -13,17 +13,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { MiB, pattern, run, script } from '../../guest/guest-harness.js';
+import { readFileSync, rmSync } from 'node:fs';
+import { MiB, run, script } from '../../guest/guest-harness.js';
 import {
   TRANSFER_SINK_PORT,
   TRANSFER_SOURCE_PORT,
   exited,
   guestNetUp,
   startNetExportRig,
-  writeDhcpScript,
+  makeNetGuestDir,
 } from '../../guest/net-export-rig.js';
 
 const PREFIX = '10.96.0';
@@ -37,14 +35,9 @@ let data = '';
 let dataMd5 = '';
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ringvm-qemu-net-'));
+  ({ dir, data, dataMd5 } = makeNetGuestDir('qemu-net', 8 * MiB, 0xc0de));
   const build = await run(script('build-qemu'), [], 20 * 60_000);
   assert.equal(build.code, 0, `build-qemu failed:\n${build.stdout}\n${build.stderr}`);
-  data = join(dir, 'data.bin');
-  const bytes = pattern(8 * MiB, 0xc0de);
-  writeFileSync(data, bytes);
-  dataMd5 = createHash('md5').update(bytes).digest('hex');
-  writeDhcpScript(dir);
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });

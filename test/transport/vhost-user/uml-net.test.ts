@@ -10,8 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetInfo } from '../../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../../src/devices/net/net-device.js';
@@ -22,7 +21,7 @@ import {
   exited,
   guestNetUp,
   startNetExportRig,
-  writeDhcpScript,
+  makeNetGuestDir,
   type NetExportRig,
 } from '../../guest/net-export-rig.js';
 
@@ -35,12 +34,7 @@ let data = '';
 let dataMd5 = '';
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'ringvm-uml-net-'));
-  data = join(dir, 'data.bin');
-  const bytes = pattern(100 * MiB, 0x5eed);
-  writeFileSync(data, bytes);
-  dataMd5 = createHash('md5').update(bytes).digest('hex');
-  writeDhcpScript(dir);
+  ({ dir, data, dataMd5 } = makeNetGuestDir('uml-net', 100 * MiB, 0x5eed));
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });
