@@ -14,7 +14,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetInfo } from '../../../src/cli/device-factories.js';
 import type { NetDeviceStats } from '../../../src/devices/net/net-device.js';
-import { MiB, killGroup, pattern, script } from '../../guest/guest-harness.js';
+import { MiB, killGroup, pattern, run, script } from '../../guest/guest-harness.js';
 import {
   TRANSFER_SINK_PORT,
   TRANSFER_SOURCE_PORT,
@@ -33,8 +33,11 @@ let dir = '';
 let data = '';
 let dataMd5 = '';
 
-before(() => {
+before(async () => {
   ({ dir, data, dataMd5 } = makeNetGuestDir('uml-net', 100 * MiB, 0x5eed));
+  // Before any rig: build-uml installs the Debian packages the host side uses too (socat, iproute2, busybox).
+  const build = await run(script('build-uml'), [], 20 * 60_000);
+  assert.equal(build.code, 0, `build-uml failed:\n${build.stdout}\n${build.stderr}`);
 });
 after(() => {
   rmSync(dir, { recursive: true, force: true });
