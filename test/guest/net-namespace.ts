@@ -44,11 +44,27 @@ export class NetNamespace {
     return ns;
   }
 
+  /** Runs `ip ARGS...` inside; returns its stdout. */
+  ip(...args: string[]): string {
+    return ip('-n', this.name, ...args);
+  }
+
+  /** The command prefix that runs a program inside (e.g. a QtestLink's `wrapper`). */
+  get wrapper(): string[] {
+    return ['ip', 'netns', 'exec', this.name];
+  }
+
+  /** Interface `dev`'s MAC address. */
+  mac(dev: string): Uint8Array {
+    const info = JSON.parse(this.ip('-j', 'link', 'show', dev)) as { address: string }[];
+    return Uint8Array.from((info[0]?.address ?? '').split(':').map((h) => parseInt(h, 16)));
+  }
+
   /** Moves interface `ifname` (a tap ringvm opened) in, gives it `cidr` and brings it up. */
   adopt(ifname: string, cidr: string): void {
     ip('link', 'set', ifname, 'netns', this.name);
-    ip('-n', this.name, 'addr', 'add', cidr, 'dev', ifname);
-    ip('-n', this.name, 'link', 'set', ifname, 'up');
+    this.ip('addr', 'add', cidr, 'dev', ifname);
+    this.ip('link', 'set', ifname, 'up');
   }
 
   /** Runs a command inside; throws with its stderr when it fails. */

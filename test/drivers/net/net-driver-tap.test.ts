@@ -47,7 +47,7 @@ import {
   type IpAddrs,
   type ParsedSegment,
 } from './ip-packets.js';
-import { NetNamespace } from './netns.js';
+import { NetNamespace } from '../../guest/net-namespace.js';
 
 const PAIRS = 4;
 const MAC_A = '52:54:00:12:34:60';
@@ -309,7 +309,7 @@ describe(
         "s.on('close', () => process.exit(0)); s.on('error', (e) => { console.error(e.message); process.exit(1); });",
         'setTimeout(() => { console.error("timeout"); process.exit(2); }, 60000);',
       ].join('\n');
-      const child = ns!.spawn(process.execPath, ['-e', script]);
+      const child = ns!.spawn([process.execPath, '-e', script]);
       let stderr = '';
       child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
