@@ -359,15 +359,16 @@ export function qemuCommandLine(plan: RunPlan, kernel: string, initrd: string): 
   for (const e of plan.devices.exports) {
     if (e.type === 'vhost-user-net') {
       // QEMU's virtio-net-pci with a vhost-user netdev: the data path is the export's; QEMU keeps the
-      // control queue itself. MQ: queues pairs, 2 vectors per pair + config + control.
-      const mq = e.queues > 1 ? `,mq=on,vectors=${2 * e.queues + 2}` : '';
+      // control queue itself. INTx (vectors=0): QEMU 7.2 under TCG dereferences a NULL irqfd table when
+      // MSI-X vectors of a vhost-user virtio-net are unmasked (docs/networking.md, "QEMU guests").
+      const mq = e.queues > 1 ? ',mq=on' : '';
       args.push(
         '-chardev',
         `socket,id=${e.id},path=${qemuValue(e.socketPath)}`,
         '-netdev',
         `vhost-user,id=${e.id}-netdev,chardev=${e.id}${e.queues > 1 ? `,queues=${e.queues}` : ''}`,
         '-device',
-        `virtio-net-pci,netdev=${e.id}-netdev,id=${e.id},mac=${e.mac}${mq}`,
+        `virtio-net-pci,netdev=${e.id}-netdev,id=${e.id},mac=${e.mac}${mq},vectors=0`,
       );
       continue;
     }

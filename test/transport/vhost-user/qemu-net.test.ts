@@ -5,10 +5,8 @@
  * TCP each way with matching checksums; with two queue pairs (`queues=2`, `mq=on`) the guest sees both and
  * host → guest flows arrive on both receive queues.
  *
- * `vectors=0` (INTx, no MSI-X): Debian's QEMU 7.2 under TCG segfaults in vhost_net_start →
- * msix_set_vector_notifiers as soon as the guest's virtio_net sets DRIVER_OK on a vhost-user netdev with MSI-X
- * (seen with this export; vhost-user-blk-pci with MSI-X is fine, see qemu-pci.test.ts). Not yet reduced to a QEMU
- * bug report or a difference in what this back end sends.
+ * `vectors=0` (INTx, no MSI-X): QEMU 7.2 under TCG dereferences a NULL irqfd table when a vhost-user
+ * virtio-net's MSI-X vectors are unmasked at DRIVER_OK, whatever the back end (docs/networking.md, "QEMU guests").
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
