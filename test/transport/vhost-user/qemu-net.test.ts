@@ -12,7 +12,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
-import { MiB, run, script } from '../../guest/guest-harness.js';
+import { join } from 'node:path';
+import { MiB, root, run, script } from '../../guest/guest-harness.js';
+import { NetNamespace, uniqueName } from '../../guest/net-namespace.js';
 import {
   TRANSFER_SINK_PORT,
   TRANSFER_SOURCE_PORT,
@@ -133,6 +135,39 @@ describe('QEMU TCG guest: virtio-net-pci on a ringvm vhost-user-net export', { t
       );
     } finally {
       await r.close();
+    }
+  });
+
+  test('ringvm run --engine qemu with a net export: the guest NIC comes up and pings the tap side', async () => {
+    // ringvm run starts QEMU itself (with the INTx setting of docs/networking.md); it runs inside a namespace
+    // whose tap it attaches to, so the host side's address is the namespace's.
+    const ns = NetNamespace.create('rvrq');
+    try {
+      const tap = uniqueName('rvt');
+      ns.ip('tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr');
+      ns.ip('addr', 'add', `${HOST}/24`, 'dev', tap);
+      ns.ip('link', 'set', tap, 'up');
+      const g = await run(
+        'ip',
+        [
+          ...[
+            'netns',
+            'exec',
+            ns.name,
+            process.execPath,
+            join(root, 'build', 'src', 'cli', 'main.js'),
+            'run',
+          ],
+          ...['--engine', 'qemu', '--netdev', `tap,id=n0,ifname=${tap}`],
+          ...['--export', 'type=vhost-user-net,id=e0,netdev=n0', '--'],
+          `ip link set eth0 up && ip addr add ${PREFIX}.2/24 dev eth0 && ping -c 3 -W 5 ${HOST}`,
+        ],
+        GUEST_MS,
+      );
+      assert.equal(g.code, 0, `guest failed:\n${g.stdout}\n${g.stderr}`);
+      assert.match(g.stdout, /3 packets transmitted, 3 packets received/);
+    } finally {
+      ns.delete();
     }
   });
 });
