@@ -27,6 +27,8 @@ import { RngDevice } from '../devices/rng/rng-device.js';
 import { NetDevice, type NetDeviceStats } from '../devices/net/net-device.js';
 import type { NetBackend } from '../devices/net/net-backend.js';
 import { formatMac } from '../devices/net/net-config.js';
+import { PasstNetBackend } from '../backends/net/passt-backend.js';
+import { StreamNetBackend, type StreamAddress } from '../backends/net/stream-backend.js';
 import { TapBackend } from '../backends/net/tap-backend.js';
 import type { VirtioDevice } from '../virtio/device/virtio-device.js';
 
@@ -81,13 +83,28 @@ export interface ConsoleDeviceArgs {
 export type RngDeviceArgs = Record<string, never>;
 
 /** The host side of a net export (`--netdev`); each kind is one member. */
-export type NetBackendArgs = {
-  readonly kind: 'tap';
-  /** Attach to this interface, or create it; absent: a new `tapN`. */
-  readonly ifname?: string;
-  readonly queues: number;
-  readonly vnetHdr: boolean;
-};
+export type NetBackendArgs =
+  | {
+      readonly kind: 'tap';
+      /** Attach to this interface, or create it; absent: a new `tapN`. */
+      readonly ifname?: string;
+      readonly queues: number;
+      readonly vnetHdr: boolean;
+    }
+  | {
+      readonly kind: 'stream';
+      readonly mode: 'server' | 'client';
+      readonly address: StreamAddress;
+      readonly reconnectMs?: number;
+    }
+  | {
+      readonly kind: 'passt';
+      /** Connect to a running passt; absent: start one with `args`. */
+      readonly socketPath?: string;
+      readonly command?: string;
+      readonly args: readonly string[];
+      readonly netns?: string;
+    };
 
 export interface NetDeviceArgs {
   readonly backend: NetBackendArgs;
@@ -114,13 +131,15 @@ export interface NetInfo {
   readonly features: string;
 }
 
-/** Opens the back ends of a net export: one NetBackend per queue pair (or one for all). */
-export function openNetBackends(args: NetBackendArgs): {
-  readonly backends: readonly NetBackend[];
-  readonly ifname: string | undefined;
-} {
+/**
+ * Opens the back ends of a net export: one NetBackend per queue pair (or one for all). A stream server is
+ * listening, a client connected (or retrying, with reconnectMs), a passt started, when this resolves.
+ */
+export async function openNetBackends(
+  args: NetBackendArgs,
+  onLog?: (line: string) => void,
+): Promise<{ readonly backends: readonly NetBackend[]; readonly ifname: string | undefined }> {
   switch (args.kind) {
-    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
     case 'tap': {
       const tap = TapBackend.open({
         ...(args.ifname !== undefined && { ifname: args.ifname }),
@@ -128,6 +147,25 @@ export function openNetBackends(args: NetBackendArgs): {
         vnetHdr: args.vnetHdr,
       });
       return { backends: tap.queues, ifname: tap.ifname };
+    }
+    case 'stream': {
+      const stream = await StreamNetBackend.open({
+        mode: args.mode,
+        address: args.address,
+        ...(args.reconnectMs !== undefined && { reconnectMs: args.reconnectMs }),
+      });
+      if (onLog !== undefined) stream.onLog = onLog;
+      return { backends: [stream], ifname: undefined };
+    }
+    case 'passt': {
+      const passt = await PasstNetBackend.open({
+        args: args.args,
+        ...(args.socketPath !== undefined && { socketPath: args.socketPath }),
+        ...(args.command !== undefined && { command: args.command }),
+        ...(args.netns !== undefined && { netns: args.netns }),
+      });
+      if (onLog !== undefined) passt.onLog = onLog;
+      return { backends: [passt], ifname: undefined };
     }
   }
 }
@@ -213,8 +251,11 @@ export async function createConsoleDevice(args: ConsoleDeviceArgs): Promise<Devi
  * virtio-net over a `--netdev` back end, with a control API for the main thread: `set-link` (the guest sees
  * carrier on/off), `announce`, `stats` ({@link NetDeviceStats}), `info` ({@link NetInfo}).
  */
-export function createNetDevice(args: NetDeviceArgs): Promise<DeviceInstance<NetDevice>> {
-  const { backends, ifname } = openNetBackends(args.backend);
+export async function createNetDevice(args: NetDeviceArgs): Promise<DeviceInstance<NetDevice>> {
+  // Peer and passt events (a stream peer left, broke the framing; passt exited) go to this process's stderr.
+  const { backends, ifname } = await openNetBackends(args.backend, (line) => {
+    console.error(`netdev ${args.backend.kind}: ${line}`);
+  });
   let device: NetDevice;
   try {
     device = new NetDevice({
@@ -230,7 +271,7 @@ export function createNetDevice(args: NetDeviceArgs): Promise<DeviceInstance<Net
     throw e;
   }
   let closed: Promise<void> | undefined;
-  return Promise.resolve({
+  return {
     device,
     control: (request: unknown): NetDeviceStats | NetInfo | boolean => {
       const r = request as NetControlRequest;
@@ -256,7 +297,7 @@ export function createNetDevice(args: NetDeviceArgs): Promise<DeviceInstance<Net
       }
     },
     close: () => (closed ??= device.close()),
-  });
+  };
 }
 
 /** virtio-rng from the host's crypto source. */

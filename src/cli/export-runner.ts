@@ -59,13 +59,27 @@ function chardevArgs(c: ChardevPlan): ChardevArgs {
 
 function netBackendArgs(n: NetdevPlan): NetBackendArgs {
   switch (n.kind) {
-    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
     case 'tap':
       return {
         kind: 'tap',
         queues: n.queues,
         vnetHdr: n.vnetHdr,
         ...(n.ifname !== undefined && { ifname: n.ifname }),
+      };
+    case 'stream':
+      return {
+        kind: 'stream',
+        mode: n.server ? 'server' : 'client',
+        address: n.address,
+        ...(n.reconnectMs !== undefined && { reconnectMs: n.reconnectMs }),
+      };
+    case 'passt':
+      return {
+        kind: 'passt',
+        args: n.args,
+        ...(n.socket !== undefined && { socketPath: n.socket }),
+        ...(n.command !== undefined && { command: n.command }),
+        ...(n.netns !== undefined && { netns: n.netns }),
       };
   }
 }

@@ -15,6 +15,10 @@
  * --export type=vhost-user-rng,id=ID,addr.path=SOCK
  * --device virtserialport,export=ID,chardev=ID,name=NAME     (and virtconsole: another console port)
  * --netdev tap,id=ID[,ifname=NAME][,queues=N][,vnet_hdr=on|off]
+ * --netdev stream,id=ID,addr.type=unix,addr.path=PATH[,server=on|off][,reconnect=SECONDS]
+ * --netdev stream,id=ID,addr.type=inet,addr.host=HOST,addr.port=PORT[,server=on|off][,reconnect=SECONDS]
+ * --netdev passt,id=ID[,path=PASST][,address=IP][,gateway=IP][,ipv6=on|off][,tcp-ports=SPEC][,udp-ports=SPEC][,netns=NAME]
+ * --netdev passt,id=ID,socket=PATH                                (a running passt)
  * --export type=vhost-user-net,id=ID,netdev=ID,addr.path=SOCK[,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]
  * ```
  *
@@ -89,16 +93,47 @@ export type ChardevPlan =
  * The host side of a net export (`--netdev KIND,id=ID,...`, QEMU's -netdev syntax). One member per kind; a new
  * kind adds a member here, a case in {@link netdev} and one in export-runner's netBackendArgs.
  */
-export type NetdevPlan = {
-  readonly kind: 'tap';
+export type NetdevPlan = TapNetdevPlan | StreamNetdevPlan | PasstNetdevPlan;
+
+interface NetdevCommon {
   readonly id: string;
-  /** Attach to this interface or create it (absent: a new tapN). */
-  readonly ifname: string | undefined;
-  /** Tap queues (IFF_MULTI_QUEUE when more than 1): one per virtio-net queue pair. */
+  /** Host-side queues: one per virtio-net queue pair, or 1 (one back end carries every pair). */
   readonly queues: number;
+  /** Frames carry a virtio_net_hdr (offloads pass through); only a tap does. */
   readonly vnetHdr: boolean;
   readonly label: string;
-};
+}
+
+export interface TapNetdevPlan extends NetdevCommon {
+  readonly kind: 'tap';
+  /** Attach to this interface or create it (absent: a new tapN). */
+  readonly ifname: string | undefined;
+}
+
+/** QEMU's `-netdev stream` (4-byte big-endian length before each frame): a listening or connecting socket. */
+export interface StreamNetdevPlan extends NetdevCommon {
+  readonly kind: 'stream';
+  readonly server: boolean;
+  /** A unix path is absolute. */
+  readonly address:
+    | { readonly type: 'unix'; readonly path: string }
+    | { readonly type: 'inet'; readonly host: string; readonly port: number };
+  /** Client: retry a failed or lost connection after this long. */
+  readonly reconnectMs: number | undefined;
+}
+
+/** User-mode networking through passt: ringvm starts one (its options below), or connects to `socket`. */
+export interface PasstNetdevPlan extends NetdevCommon {
+  readonly kind: 'passt';
+  /** A running passt's `--socket` path (absolute); the other keys are for a passt ringvm starts. */
+  readonly socket: string | undefined;
+  /** The passt executable (default `passt` from PATH). */
+  readonly command: string | undefined;
+  /** passt's own options, from address/gateway/ipv6. */
+  readonly args: readonly string[];
+  /** Start passt in this network namespace. */
+  readonly netns: string | undefined;
+}
 
 export interface ConsolePortPlan {
   /** The --chardev id of the port's host side. */
@@ -181,6 +216,11 @@ const EXPORT_TYPES: readonly ExportType[] = [
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 /** Linux MAX_TAP_QUEUES; also far more virtqueue pairs than a vhost-user front end sets up. */
 const MAX_NET_QUEUES = 256;
+const MAX_PORT = 65_535;
+/** What `ip netns` accepts as a name (a file under /run/netns). */
+const NETNS = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+/** passt's -t/-u forwarding syntax: [ADDR/]PORT[-PORT][:PORT[-PORT]], `~` exclusions, `all`, `auto`, `none`. */
+const PORT_SPEC = /^[A-Za-z0-9:~/%._-]{1,128}$/;
 /** virtio-net MTU bounds (net-config.ts: NET_MTU_MIN, NET_MTU_MAX). */
 const MIN_MTU = 68;
 const MAX_MTU = 65517;
@@ -427,6 +467,9 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     paths.set(path, label);
   };
   for (const e of exports) claim(e.socketPath, e.label, 'addr.path');
+  for (const n of netdevs) {
+    if (n.kind === 'stream' && n.address.type === 'unix') claim(n.address.path, n.label, 'addr.path');
+  }
   for (const c of chardevs) if (c.backend !== 'stdio') claim(c.path, c.label, 'path');
   for (const b of blockdevs) {
     if (b.driver === 'file') claim(b.filename, b.label, 'filename');
@@ -467,18 +510,18 @@ function netExport(
   }
   const offloads = o.bool('offloads', n.vnetHdr);
   if (offloads && !n.vnetHdr) {
-    throw o.error(`offloads=on needs vnet headers, but ${n.label} has vnet_hdr=off`, 'offloads');
+    const why = n.kind === 'tap' ? 'has vnet_hdr=off' : `carries plain frames (only a tap has vnet headers)`;
+    throw o.error(`offloads=on needs vnet headers, but ${n.label} ${why}`, 'offloads');
   }
   return { netdev: netdevId, mac: mac.toLowerCase(), mtu, queues, offloads };
 }
 
 function netdev(o: KeyValueOptions): NetdevPlan {
   o.identifyBy('id');
-  const kind = o.choice('type', ['tap']);
+  const kind = o.choice('type', ['tap', 'stream', 'passt']);
   const id = identifier(o, 'id');
   let plan: NetdevPlan;
   switch (kind) {
-    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
     case 'tap': {
       const ifname = o.optionalString('ifname');
       if (ifname !== undefined && !IFNAME.test(ifname)) {
@@ -492,9 +535,86 @@ function netdev(o: KeyValueOptions): NetdevPlan {
       plan = { kind, id, ifname, queues, vnetHdr, label: o.label };
       break;
     }
+    case 'stream':
+      plan = { kind, id, ...streamNetdev(o), queues: 1, vnetHdr: false, label: o.label };
+      break;
+    case 'passt':
+      plan = { kind, id, ...passtNetdev(o), queues: 1, vnetHdr: false, label: o.label };
+      break;
   }
   o.finish();
   return plan;
+}
+
+/** The keys of `--netdev stream` (QEMU 7.2's NetdevStreamOptions: addr.*, server, reconnect). */
+function streamNetdev(o: KeyValueOptions): Pick<StreamNetdevPlan, 'server' | 'address' | 'reconnectMs'> {
+  const server = o.bool('server', false);
+  const type = o.choice('addr.type', ['unix', 'inet']);
+  const only = (key: string, forType: string): void => {
+    if (o.has(key)) throw o.error(`only for addr.type=${forType}`, key);
+  };
+  let address: StreamNetdevPlan['address'];
+  if (type === 'unix') {
+    only('addr.host', 'inet');
+    only('addr.port', 'inet');
+    address = { type, path: resolve(o.string('addr.path')) };
+  } else {
+    only('addr.path', 'unix');
+    const host = o.string('addr.host');
+    // A server may ask for port 0 (any free port); a client must name one.
+    const port = o.optionalInteger('addr.port', server ? 0 : 1, MAX_PORT);
+    if (port === undefined) throw o.error('missing (required with addr.type=inet)', 'addr.port', '');
+    address = { type, host, port };
+  }
+  const reconnect = o.optionalInteger('reconnect', 0, 86_400);
+  if (reconnect !== undefined && reconnect > 0 && server) {
+    throw o.error('only for server=off (a client reconnects; a server listens)', 'reconnect');
+  }
+  return {
+    server,
+    address,
+    reconnectMs: reconnect !== undefined && reconnect > 0 ? reconnect * 1000 : undefined,
+  };
+}
+
+/** The keys of `--netdev passt`: a running passt's socket, or how to start one. */
+function passtNetdev(o: KeyValueOptions): Pick<PasstNetdevPlan, 'socket' | 'command' | 'args' | 'netns'> {
+  const socketPath = o.optionalString('socket');
+  const spawnKeys = ['path', 'address', 'gateway', 'ipv6', 'tcp-ports', 'udp-ports', 'netns'];
+  if (socketPath !== undefined) {
+    const extra = spawnKeys.find((k) => o.has(k));
+    if (extra !== undefined) {
+      throw o.error(
+        'only for a passt ringvm starts (not with socket=, which connects to a running one)',
+        extra,
+      );
+    }
+    if (socketPath === '') throw o.error('must not be empty', 'socket');
+    return { socket: resolve(socketPath), command: undefined, args: [], netns: undefined };
+  }
+  const command = o.optionalString('path');
+  if (command === '') throw o.error('must not be empty', 'path');
+  const args: string[] = [];
+  for (const key of ['address', 'gateway'] as const) {
+    const ip = o.optionalString(key);
+    if (ip === undefined) continue;
+    if (net.isIPv4(ip)) args.push(`--${key}`, ip);
+    else throw o.error(`'${ip}' is not an IPv4 address`, key);
+  }
+  if (!o.bool('ipv6', true)) args.push('--ipv4-only');
+  // Forwarding specs in passt's own syntax (e.g. 2222:22, 8000-8010); passt itself reports a bad one.
+  for (const key of ['tcp-ports', 'udp-ports'] as const) {
+    const spec = o.optionalString(key);
+    if (spec === undefined) continue;
+    if (!PORT_SPEC.test(spec))
+      throw o.error(`'${spec}' is not a passt port specification (e.g. 2222:22)`, key);
+    args.push(`--${key}`, spec);
+  }
+  const netns = o.optionalString('netns');
+  if (netns !== undefined && !NETNS.test(netns)) {
+    throw o.error(`'${netns}' is not a network namespace name (letters, digits, '-', '.', '_')`, 'netns');
+  }
+  return { socket: undefined, command, args, netns };
 }
 
 function portName(o: KeyValueOptions): string | undefined {
@@ -690,7 +810,7 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
   for (const c of plan.chardevs) {
     if (c.backend === 'socket') {
       if (c.server) await checkListenPath(c.label, 'path', c.path);
-      else if (c.reconnectMs === undefined) await checkConnectPath(c.label, c.path);
+      else if (c.reconnectMs === undefined) await checkConnectPath(c.label, 'path', c.path, RECONNECT_HINT);
       else await checkDirectory(c.label, 'path', c.path);
     } else if (c.backend === 'file') {
       await checkDirectory(c.label, 'path', c.path);
@@ -699,8 +819,15 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
     }
   }
   for (const n of plan.netdevs) {
-    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- one kind today; more kinds (stream, passt, switch) are cases of their own
-    if (n.kind === 'tap') {
+    if (n.kind === 'stream' && n.address.type === 'unix') {
+      const path = n.address.path;
+      if (n.server) await checkListenPath(n.label, 'addr.path', path);
+      else if (n.reconnectMs === undefined)
+        await checkConnectPath(n.label, 'addr.path', path, RECONNECT_HINT);
+      else await checkDirectory(n.label, 'addr.path', path);
+    } else if (n.kind === 'passt' && n.socket !== undefined) {
+      await checkConnectPath(n.label, 'socket', n.socket, "a running passt's --socket path");
+    } else if (n.kind === 'tap') {
       try {
         await fs.access(TUN_DEVICE, constants.R_OK | constants.W_OK);
       } catch (e) {
@@ -841,20 +968,18 @@ async function checkListenPath(label: string, key: string, path: string): Promis
   }
 }
 
-async function checkConnectPath(label: string, path: string): Promise<void> {
+/** `path` is a socket to connect to now; `hint` ends the message when it is missing. */
+async function checkConnectPath(label: string, key: string, path: string, hint: string): Promise<void> {
   let st: Stats;
   try {
     st = await fs.stat(path);
   } catch (e) {
-    throw hostError(
-      label,
-      'path',
-      `'${path}' ${describeCode(e)} (server=off connects to a listening socket; add reconnect=SECONDS to wait for it)`,
-      path,
-    );
+    throw hostError(label, key, `'${path}' ${describeCode(e)} (${hint})`, path);
   }
-  if (!st.isSocket()) throw hostError(label, 'path', `'${path}' is ${kindOf(st)}, not a socket`, path);
+  if (!st.isSocket()) throw hostError(label, key, `'${path}' is ${kindOf(st)}, not a socket`, path);
 }
+
+const RECONNECT_HINT = 'server=off connects to a listening socket; add reconnect=SECONDS to wait for it';
 
 function isListening(path: string): Promise<boolean> {
   return new Promise((resolvePromise) => {

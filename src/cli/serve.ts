@@ -43,6 +43,12 @@ Exports (each a vhost-user back end on its own socket):
            [,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]      virtio-net (UML: SOCK:1)
 Network back ends (host side of net exports):
   --netdev tap,id=ID[,ifname=NAME][,queues=N][,vnet_hdr=on|off] attach to tap NAME or create one
+  --netdev stream,id=ID,addr.type=unix,addr.path=PATH[,server=on][,reconnect=S]
+  --netdev stream,id=ID,addr.type=inet,addr.host=H,addr.port=P[,server=on][,reconnect=S]
+                                                                QEMU's -netdev stream framing
+  --netdev passt,id=ID[,address=IP][,gateway=IP][,ipv6=off][,tcp-ports=SPEC][,udp-ports=SPEC]
+           [,netns=NAME][,path=PASST]                           user-mode networking (ringvm starts passt)
+  --netdev passt,id=ID,socket=PATH                              a running passt's socket
 Console ports:
   --device virtserialport,export=ID,chardev=ID,name=NAME        /dev/virtio-ports/NAME in the guest
   --device virtconsole,export=ID,chardev=ID[,name=NAME]         another console (hvc1...)

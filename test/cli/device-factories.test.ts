@@ -5,7 +5,14 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockBackendError } from '../../src/backends/block/block-backend-error.js';
-import { createBlkDevice, createConsoleDevice, createRngDevice } from '../../src/cli/device-factories.js';
+import {
+  createBlkDevice,
+  createConsoleDevice,
+  createNetDevice,
+  createRngDevice,
+  type NetInfo,
+} from '../../src/cli/device-factories.js';
+import { StreamBackendError } from '../../src/backends/net/stream-backend-error.js';
 import { BlkFeature } from '../../src/devices/blk/blk-layout.js';
 import { hasFeature } from '../../src/virtio/features.js';
 
@@ -138,5 +145,43 @@ describe('device factories', () => {
     const inst = await createRngDevice({});
     assert.equal(inst.device.deviceType, 4);
     await inst.close();
+  });
+
+  test('net over a stream server: listening when created, its link up once a peer connects, socket gone after close', async () => {
+    const path = join(dir, 'stream.sock');
+    const inst = await createNetDevice({
+      backend: { kind: 'stream', mode: 'server', address: { type: 'unix', path } },
+      queuePairs: 1,
+      mac: '52:54:00:00:00:01',
+      offloads: false,
+    });
+    try {
+      assert.equal(inst.device.backends.length, 1);
+      const up = (): boolean => inst.device.backends[0]?.linkUp === true;
+      assert.equal(up(), false, 'no peer yet');
+      assert.equal((inst.control?.({ op: 'info' }) as NetInfo).mac, '52:54:00:00:00:01');
+      const peer = net.connect(path);
+      await new Promise<void>((resolve) => peer.once('connect', resolve));
+      for (let i = 0; i < 200 && !up(); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(up(), true);
+      peer.destroy();
+    } finally {
+      await inst.close();
+    }
+    assert.equal(existsSync(path), false);
+  });
+
+  test('net over a stream client with nothing listening rejects with the back end error naming the address', async () => {
+    const path = join(dir, 'nobody.sock');
+    await assert.rejects(
+      createNetDevice({
+        backend: { kind: 'stream', mode: 'client', address: { type: 'unix', path } },
+        queuePairs: 1,
+        mac: '52:54:00:00:00:01',
+        offloads: false,
+      }),
+      (e: unknown) =>
+        e instanceof StreamBackendError && e.code === 'CONNECT_FAILED' && e.message.includes(path),
+    );
   });
 });

@@ -8,6 +8,7 @@ import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
 import {
   buildDevicePlan,
+  checkHostResources,
   DEVICE_OPTIONS,
   VIRTIO_DEVICE_ID,
   type DevicePlan,
@@ -167,6 +168,187 @@ describe('--netdev and --export type=vhost-user-net', () => {
       /vnet_hdr=off/,
       '--export',
       'offloads',
+    );
+  });
+
+  test('stream netdevs: unix server, unix client with reconnect, inet; plain frames, offloads off', () => {
+    const p = plan([
+      '--netdev',
+      `stream,id=n0,server=on,addr.type=unix,addr.path=${dir}/s.sock`,
+      '--netdev',
+      `stream,id=n1,addr.type=unix,addr.path=${dir}/c.sock,reconnect=2`,
+      '--netdev',
+      'stream,id=n2,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=5555',
+      ...netExport('', 'e0', 'n0'),
+      ...netExport('', 'e1', 'n1'),
+      ...netExport(',queues=2', 'e2', 'n2'),
+    ]);
+    assert.deepEqual(p.netdevs[0], {
+      kind: 'stream',
+      id: 'n0',
+      server: true,
+      address: { type: 'unix', path: `${dir}/s.sock` },
+      reconnectMs: undefined,
+      queues: 1,
+      vnetHdr: false,
+      label: '--netdev id=n0',
+    });
+    const args = p.exports.map((e) => exportFactoryRef(p, e).args);
+    assert.deepEqual(args[0], {
+      backend: { kind: 'stream', mode: 'server', address: { type: 'unix', path: `${dir}/s.sock` } },
+      queuePairs: 1,
+      mac: '52:54:00:12:34:56',
+      offloads: false,
+    });
+    assert.deepEqual((args[1] as { backend: unknown }).backend, {
+      kind: 'stream',
+      mode: 'client',
+      address: { type: 'unix', path: `${dir}/c.sock` },
+      reconnectMs: 2000,
+    });
+    // One stream carries every pair of a multiqueue export.
+    assert.deepEqual(args[2], {
+      backend: { kind: 'stream', mode: 'client', address: { type: 'inet', host: '127.0.0.1', port: 5555 } },
+      queuePairs: 2,
+      mac: '52:54:00:12:34:58',
+      offloads: false,
+    });
+  });
+
+  test('passt netdevs: started with options, or a running one by socket', () => {
+    const p = plan([
+      '--netdev',
+      'passt,id=n0,address=10.0.2.15,gateway=10.0.2.2,ipv6=off,tcp-ports=2222:22,netns=ns-1,path=/usr/bin/passt',
+      '--netdev',
+      `passt,id=n1,socket=${dir}/passt.sock`,
+      ...netExport('', 'e0', 'n0'),
+      ...netExport('', 'e1', 'n1'),
+    ]);
+    assert.deepEqual(exportFactoryRef(p, p.exports[0] as ExportPlan).args, {
+      backend: {
+        kind: 'passt',
+        args: ['--address', '10.0.2.15', '--gateway', '10.0.2.2', '--ipv4-only', '--tcp-ports', '2222:22'],
+        command: '/usr/bin/passt',
+        netns: 'ns-1',
+      },
+      queuePairs: 1,
+      mac: '52:54:00:12:34:56',
+      offloads: false,
+    });
+    assert.deepEqual((exportFactoryRef(p, p.exports[1] as ExportPlan).args as { backend: unknown }).backend, {
+      kind: 'passt',
+      args: [],
+      socketPath: `${dir}/passt.sock`,
+    });
+  });
+
+  test('stream and passt mistakes name the option and the key', () => {
+    const stream = (keys: string) => [
+      '--netdev',
+      `stream,id=n0${keys === '' ? '' : `,${keys}`}`,
+      ...netExport(),
+    ];
+    usageError(stream(''), /addr\.type: missing \(required; one of unix, inet\)/, '--netdev', 'addr.type');
+    usageError(stream('addr.type=vsock'), /'vsock' is not one of unix, inet/, '--netdev', 'addr.type');
+    usageError(stream('addr.type=unix'), /addr\.path: missing/, '--netdev', 'addr.path');
+    usageError(
+      stream(`addr.type=unix,addr.path=${dir}/x,addr.port=1`),
+      /addr\.port: only for addr\.type=inet/,
+      '--netdev',
+      'addr.port',
+    );
+    usageError(
+      stream('addr.type=inet,addr.host=::1,addr.path=/x'),
+      /addr\.path: only for addr\.type=unix/,
+      '--netdev',
+      'addr.path',
+    );
+    usageError(stream('addr.type=inet,addr.host=h'), /addr\.port: missing/, '--netdev', 'addr.port');
+    usageError(
+      stream('addr.type=inet,addr.host=h,addr.port=0'),
+      /addr\.port: expected an integer from 1 to 65535/,
+      '--netdev',
+      'addr.port',
+    );
+    usageError(
+      stream('addr.type=inet,addr.host=h,addr.port=70000,server=on'),
+      /expected an integer from 0 to 65535/,
+      '--netdev',
+      'addr.port',
+    );
+    usageError(
+      stream(`addr.type=unix,addr.path=${dir}/x,server=maybe`),
+      /server: expected on or off, got 'maybe'/,
+      '--netdev',
+      'server',
+    );
+    usageError(
+      stream(`addr.type=unix,addr.path=${dir}/x,server=on,reconnect=1`),
+      /reconnect: only for server=off/,
+      '--netdev',
+      'reconnect',
+    );
+    usageError(
+      [...stream(`server=on,addr.type=unix,addr.path=${dir}/e0.sock`)],
+      /'.*e0\.sock' is also used by --export id=e0/,
+      '--netdev',
+      'addr.path',
+    );
+    usageError(
+      ['--netdev', `stream,id=n0,addr.type=unix,addr.path=${dir}/x`, ...netExport(',offloads=on')],
+      /offloads=on needs vnet headers, but --netdev id=n0 carries plain frames/,
+      '--export',
+      'offloads',
+    );
+    const passt = (keys: string) => ['--netdev', `passt,id=n0${keys}`, ...netExport()];
+    usageError(passt(',address=10.0.2'), /address: '10\.0\.2' is not an IPv4 address/, '--netdev', 'address');
+    usageError(passt(',gateway=fe80::1'), /not an IPv4 address/, '--netdev', 'gateway');
+    usageError(passt(',netns=../etc'), /not a network namespace name/, '--netdev', 'netns');
+    usageError(passt(',path='), /path: must not be empty/, '--netdev', 'path');
+    usageError(passt(',tcp-ports=22 22'), /not a passt port specification/, '--netdev', 'tcp-ports');
+    usageError(
+      passt(`,socket=${dir}/p.sock,address=10.0.2.15`),
+      /address: only for a passt ringvm starts/,
+      '--netdev',
+      'address',
+    );
+    usageError(passt(',queues=2'), /unknown key 'queues'/, '--netdev', 'queues');
+  });
+
+  test('host checks: a stream client or passt socket must exist (unless the client reconnects)', async () => {
+    const check = async (argv: string[], pattern: RegExp, key: string): Promise<void> => {
+      await assert.rejects(checkHostResources(plan(argv)), (e: unknown) => {
+        assert.ok(e instanceof CliUsageError, String(e));
+        assert.match(e.message, pattern);
+        assert.equal(e.key, key);
+        return true;
+      });
+    };
+    await check(
+      ['--netdev', `stream,id=n0,addr.type=unix,addr.path=${dir}/none.sock`, ...netExport()],
+      /addr\.path: '.*none\.sock' does not exist \(server=off connects to a listening socket/,
+      'addr.path',
+    );
+    await check(
+      ['--netdev', `passt,id=n0,socket=${dir}/none.sock`, ...netExport()],
+      /socket: '.*none\.sock' does not exist \(a running passt's --socket path\)/,
+      'socket',
+    );
+    await check(
+      ['--netdev', `stream,id=n0,addr.type=unix,addr.path=${dir}/no-dir/c.sock,reconnect=1`, ...netExport()],
+      /addr\.path/,
+      'addr.path',
+    );
+    // A reconnecting client may start before its server; a server's path is free.
+    await checkHostResources(
+      plan([
+        '--netdev',
+        `stream,id=n0,addr.type=unix,addr.path=${dir}/later.sock,reconnect=1`,
+        '--netdev',
+        `stream,id=n1,server=on,addr.type=unix,addr.path=${dir}/srv.sock`,
+        ...netExport('', 'e0', 'n0'),
+        ...netExport('', 'e1', 'n1'),
+      ]),
     );
   });
 
