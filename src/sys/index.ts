@@ -34,7 +34,7 @@ export {
 } from './file.js';
 export { Epoll, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP, EPOLLET } from './epoll.js';
 export type { EpollWaitResult } from './epoll.js';
-export { watchReadable } from './fd-poll.js';
+export { isReadable, watchReadable } from './fd-poll.js';
 export type { FdWatch, FdEvents } from './fd-poll.js';
 export {
   openTap,

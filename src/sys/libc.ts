@@ -127,6 +127,13 @@ export const lseek = declare('int64_t lseek(int fd, int64_t offset, int whence)'
 ) => bigint | number;
 export const sysconf = declare('long sysconf(int name)') as (name: number) => number;
 
+/** `fds` is a `struct pollfd` array: { int fd; short events; short revents; }, 8 bytes each. */
+export const poll = declare('int poll(void *fds, unsigned long nfds, int timeout)') as (
+  fds: Int32Array,
+  nfds: number,
+  timeout: number,
+) => number;
+
 export const epoll_create1 = declare('int epoll_create1(int flags)') as (flags: number) => number;
 export const epoll_ctl = declare('int epoll_ctl(int epfd, int op, int fd, void *event)') as (
   epfd: number,

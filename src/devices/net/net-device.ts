@@ -27,7 +27,8 @@
  * straight into them (readv on a tap fd). Without MRG_RXBUF one chain holds one frame. With it a frame spans
  * `num_buffers` chains; when the back end cannot say how long the next frame is (tap), the device pops enough
  * chains for the largest frame the guest accepts (its MTU, or 64 KiB with GUEST_TSO), uses what the frame
- * filled, keeps the rest for the next frame of the same pass, and gives back (`unpop`) what is left at its end.
+ * filled and keeps the rest reserved for the next frame, across passes; `quiesce` gives back (`unpop`) what is
+ * reserved when the transport reads the ring's state, and a stall (too few buffers) gives it back at once.
  * With no room, receive is paused at the back end and the device waits for the driver to add buffers
  * (`enableNotificationForNew`). Frames are filtered in the device ({@link NetRxFilter}: MAC table, promiscuous,
  * all-multicast, VLANs) after they landed in the buffers, which are reused when a frame is refused. Used
@@ -163,8 +164,9 @@ interface RxPair {
   /** Writable bytes of each reserved chain. */
   readonly capacity: number[];
   /** Views of every reserved chain's writable part, in order (what the back end fills). */
-  views: Uint8Array[];
-  viewsValid: boolean;
+  readonly views: Uint8Array[];
+  /** How many of `views` each reserved chain contributed. */
+  readonly viewCounts: number[];
   /** Receive is paused at the back end until the driver adds buffers. */
   waiting: boolean;
   draining: boolean;
@@ -261,7 +263,7 @@ export class NetDevice implements VirtioDevice {
       reserved: [],
       capacity: [],
       views: [],
-      viewsValid: true,
+      viewCounts: [],
       waiting: false,
       draining: false,
       requests: 0,
@@ -417,6 +419,19 @@ export class NetDevice implements VirtioDevice {
     this.#drainRx(pair);
   }
 
+  /**
+   * Gives back the receive chains reserved ahead of frames, so every queue's nextAvail is the next chain the
+   * driver expects the device to read (vhost-user GET_VRING_BASE, a ring stopped or deactivated).
+   */
+  quiesce(): void {
+    const context = this.#context;
+    if (context === undefined) return;
+    this.#rx.forEach((rx, pair) => {
+      const queue = context.queues[2 * pair];
+      if (queue?.isActive === true && rx.reserved.length > 0) this.#giveBack(rx, queue);
+    });
+  }
+
   reset(): void {
     this.#context = undefined;
     this.#negotiated = undefined;
@@ -424,7 +439,8 @@ export class NetDevice implements VirtioDevice {
     for (const rx of this.#rx) {
       rx.reserved.length = 0;
       rx.capacity.length = 0;
-      rx.views = [];
+      rx.views.length = 0;
+      rx.viewCounts.length = 0;
       rx.waiting = false;
     }
     for (const tx of this.#tx) tx.held = null;
@@ -661,7 +677,10 @@ export class NetDevice implements VirtioDevice {
       this.#fault(e);
       return;
     }
-    this.#giveBack(rx, queue);
+    // The chains still reserved stay popped for the next frame: a tap cannot say how long that will be, so each
+    // frame needs room for the largest (43 chains of 1536 bytes with GUEST_TSO), and popping and validating them
+    // again for every small frame was a third of the worker's time per request/response exchange.
+    // `quiesce` gives them back before a ring's state is read.
     this.#publish(queue, queueIndex);
   }
 
@@ -677,7 +696,9 @@ export class NetDevice implements VirtioDevice {
       if (chain === null) return false;
       rx.reserved.push(chain);
       rx.capacity.push(chain.writableLength);
-      rx.viewsValid = false;
+      const views = chain.writable();
+      for (const v of views) rx.views.push(v);
+      rx.viewCounts.push(views.length);
       have += chain.writableLength;
     }
     return true;
@@ -688,8 +709,8 @@ export class NetDevice implements VirtioDevice {
     for (let i = rx.reserved.length - 1; i >= 0; i--) queue.unpop((rx.reserved[i] as DescriptorChain).head);
     rx.reserved.length = 0;
     rx.capacity.length = 0;
-    rx.views = [];
-    rx.viewsValid = true;
+    rx.views.length = 0;
+    rx.viewCounts.length = 0;
   }
 
   /**
@@ -697,12 +718,6 @@ export class NetDevice implements VirtioDevice {
    * was consumed and dropped (filtered, too long, link down), 0 when none was pending.
    */
   #receiveOne(pair: number, rx: RxPair, queue: SplitQueue, backend: NetBackend, n: Negotiated): number {
-    if (!rx.viewsValid) {
-      const views: Uint8Array[] = [];
-      for (const chain of rx.reserved) for (const v of chain.writable()) views.push(v);
-      rx.views = views;
-      rx.viewsValid = true;
-    }
     const views = rx.views;
     const got = backend.receive(this.vnetHdr ? views : skipBytes(views, NET_HDR_SIZE));
     if (got === 0) return 0;
@@ -743,9 +758,12 @@ export class NetDevice implements VirtioDevice {
       queue.addUsed((rx.reserved[i] as DescriptorChain).head, Math.min(c, left));
       left -= c;
     }
+    let usedViews = 0;
+    for (let i = 0; i < used; i++) usedViews += rx.viewCounts[i] as number;
     rx.reserved.splice(0, used);
     rx.capacity.splice(0, used);
-    rx.viewsValid = false;
+    rx.viewCounts.splice(0, used);
+    rx.views.splice(0, usedViews);
     const frame = total - NET_HDR_SIZE;
     this.stats.rxFrames++;
     this.stats.rxBytes += frame;

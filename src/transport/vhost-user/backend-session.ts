@@ -44,7 +44,8 @@
  *   memory table or the features change, or a served ring is reconfigured, the device is reset (each served
  *   ring's nextAvail kept as its base) and activated again with the new set — so a device always sees a fixed
  *   set of queues per activation, as the device contract says. Chains in flight at such a reset are lost
- *   (counted in `stats.inFlightDropped`); the devices in this project complete every chain inside `kick`.
+ *   (counted in `stats.inFlightDropped`); the devices in this project complete every chain inside `kick`, and
+ *   give back the chains they popped ahead of need (`VirtioDevice.quiesce`, called before a base is read).
  * - **GET_VRING_BASE** stops the ring, closes its kick fd (the front-end sends a new one to restart it, as
  *   libvhost-user expects) and replies with the next avail index the back-end would process. The spec asks
  *   nothing more of in-flight requests for split rings (its INFLIGHT_SHMFD extension exists for them; not
@@ -833,6 +834,7 @@ export class VhostUserBackendSession {
     const { index } = decodeVringState(p);
     const ring = this.#ring(index, 'GET_VRING_BASE');
     if (ring.live) {
+      this.device.quiesce?.();
       const q = this.controller.queue(index);
       if (q?.isActive === true) ring.base = q.nextAvail;
     }
@@ -983,6 +985,7 @@ export class VhostUserBackendSession {
 
   /** Resets the device; each live ring keeps its next avail index as its base. */
   #deactivate(): void {
+    this.device.quiesce?.();
     for (const [i, ring] of this.#rings.entries()) {
       if (!ring.live) continue;
       const q = this.controller.queue(i);

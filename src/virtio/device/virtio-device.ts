@@ -59,6 +59,12 @@ export interface VirtioDevice {
   activate(context: DeviceContext): void;
   /** The driver notified (kicked) queue `queueIndex`. Only called while activated. */
   queueNotify(queueIndex: number): void;
+  /**
+   * Optional: gives back (`SplitQueue.unpop`) every chain popped ahead of need and not used, so each queue's
+   * `nextAvail` is the index the driver expects the device to read next. A transport calls it before it reads a
+   * ring's state while the device is active (vhost-user GET_VRING_BASE, a ring stopped or deactivated).
+   */
+  quiesce?(): void;
   /** Back to the initial state: forget the context and every queue; called on device reset. */
   reset(): void;
 }

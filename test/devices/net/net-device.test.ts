@@ -303,6 +303,30 @@ describe('NetDevice: receive', () => {
     });
   }
 
+  test('length unknown: the buffers reserved for the next frame stay popped between passes; quiesce gives them back', async () => {
+    const s = await setupNet({ backends: [new MemoryNetBackend({ knownLength: false })] });
+    const backend = s.backends[0] as MemoryNetBackend;
+    const rxq = s.transport.controller.queue(0) ?? assert.fail('no receive queue');
+    s.client.postRx(0, 8, 512);
+    backend.inject(ethFrame(MAC, PEER, 60));
+    await settle();
+    assert.equal(s.client.frames(0).length, 1);
+    // Room for an MTU frame (1530 bytes) is three buffers: one used, two kept for the next frame.
+    assert.equal(rxq.nextAvail, 3);
+    assert.equal(rxq.inFlight, 2);
+    s.device.quiesce();
+    assert.equal(rxq.nextAvail, 1, 'the next chain the driver expects the device to read');
+    assert.equal(rxq.inFlight, 0);
+    backend.inject(ethFrame(MAC, PEER, 70));
+    await settle();
+    assert.deepEqual(
+      s.client.frames(0).map((f) => f.frame.length),
+      [84],
+      'the next frame lands in the buffer after the first',
+    );
+    assert.deepEqual(s.faults, []);
+  });
+
   test('no receive buffers: the back end is paused; posting buffers resumes it', async () => {
     const s = await setupNet({ backends: [new MemoryNetBackend({ knownLength: false })] });
     const backend = s.backends[0] as MemoryNetBackend;
