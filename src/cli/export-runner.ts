@@ -172,6 +172,7 @@ export async function startExports(
       handle: await starter({
         socketPath: e.socketPath,
         device: exportFactoryRef(plan, e),
+        ...(e.pollMaxNs !== undefined && { pollMaxNs: e.pollMaxNs }),
         ...(onLog !== undefined && {
           onLog: (line: string) => {
             onLog(`[${e.id}] ${line}`);

@@ -11,6 +11,7 @@
  * --chardev stdio,id=ID
  * --chardev file,id=ID,path=PATH[,append=on]
  * --export type=vhost-user-blk,id=ID,node-name=NAME,addr.type=unix,addr.path=SOCK[,writable=on][,num-queues=N][,serial=S]
+ * (every --export also takes [,poll-max-ns=N]: how long its worker may poll a ring before sleeping)
  * --export type=vhost-user-console,id=ID,addr.path=SOCK,chardev=ID[,name=PORTNAME]
  * --export type=vhost-user-rng,id=ID,addr.path=SOCK
  * --device virtserialport,export=ID,chardev=ID,name=NAME     (and virtconsole: another console port)
@@ -147,6 +148,8 @@ interface ExportCommon {
   /** Absolute path of the vhost-user socket. */
   readonly socketPath: string;
   readonly label: string;
+  /** `poll-max-ns`: the export worker's longest polling window (QEMU's iothread property); none: 0, no polling. */
+  readonly pollMaxNs: number | undefined;
 }
 
 export interface BlkExportPlan extends ExportCommon {
@@ -237,6 +240,8 @@ const MAX_SERIAL_BYTES = 20;
 const MAX_CONSOLE_PORTS = 511;
 const MAX_PORT_NAME_BYTES = 4096;
 const MAX_QUEUES = 0xffff;
+/** The longest `poll-max-ns` accepted: 10 ms (a window that long already spins a core for nothing). */
+const MAX_POLL_NS = 10_000_000;
 
 /** Checks an `id`/`node-name` value the way QEMU does (a letter, then letters, digits, `-`, `.`, `_`). */
 function identifier(o: KeyValueOptions, key: string): string {
@@ -354,7 +359,8 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     } else {
       throw o.error('missing (required: the vhost-user socket to listen on)', 'addr.path', '');
     }
-    const common = { id, socketPath, label: o.label };
+    const pollMaxNs = o.optionalInteger('poll-max-ns', 0, MAX_POLL_NS);
+    const common = { id, socketPath, label: o.label, pollMaxNs };
     let plan: (typeof exports)[number];
     if (type === 'vhost-user-blk') {
       const nodeName = o.string('node-name');
@@ -487,7 +493,7 @@ function netExport(
   netdevById: ReadonlyMap<string, NetdevPlan>,
   netdevUser: Map<string, string>,
   index: number,
-): Omit<NetExportPlan, 'type' | 'id' | 'socketPath' | 'label'> {
+): Omit<NetExportPlan, 'type' | keyof ExportCommon> {
   const netdevId = o.string('netdev');
   const n = netdevById.get(netdevId);
   if (n === undefined) throw o.error(`'${netdevId}' is not a --netdev`, 'netdev');

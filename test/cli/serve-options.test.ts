@@ -87,6 +87,21 @@ describe('serve options: the plan', () => {
     });
   });
 
+  test('poll-max-ns on any export (QEMU iothread syntax); absent: undefined, the export does not poll', () => {
+    const p = plan([
+      ...blockdev(),
+      ...blkExport(',poll-max-ns=32768'),
+      '--export',
+      `type=vhost-user-rng,id=r0,addr.path=${dir}/r.sock,poll-max-ns=0`,
+      '--export',
+      `type=vhost-user-rng,id=r1,addr.path=${dir}/r1.sock`,
+    ]);
+    assert.deepEqual(
+      p.exports.map((e) => e.pollMaxNs),
+      [32768, 0, undefined],
+    );
+  });
+
   test('a console with port 0 and named ports; chardev kinds', () => {
     const p = plan([
       '--chardev',
@@ -290,6 +305,16 @@ describe('serve options: the plan', () => {
       'addr.type not unix',
       () => ['--export', 'type=vhost-user-rng,id=r0,addr.type=inet,addr.path=x'],
       /^--export id=r0: addr.type: 'inet' is not one of unix/,
+    ],
+    [
+      'poll-max-ns out of range',
+      () => [...blockdev(), ...blkExport(',poll-max-ns=10000001')],
+      /^--export id=e0: poll-max-ns: /,
+    ],
+    [
+      'poll-max-ns not a number',
+      () => [...blockdev(), ...blkExport(',poll-max-ns=fast')],
+      /^--export id=e0: poll-max-ns: /,
     ],
     [
       'unknown export key',

@@ -371,6 +371,16 @@ export class VhostUserBackendSession {
     return true;
   }
 
+  /**
+   * Whether live ring `ringIndex` has chains made available that the device has not taken yet: what a data path
+   * that polls before sleeping looks at.
+   */
+  hasAvailable(ringIndex: number): boolean {
+    const ring = this.#rings[ringIndex];
+    if (ring === undefined || !ring.live) return false;
+    return this.controller.queue(ringIndex)?.hasAvailable() === true;
+  }
+
   /** What the data path needs about ring `ringIndex` (undefined if the device has no such queue). */
   ring(ringIndex: number): VhostRingInfo | undefined {
     const r = this.#rings[ringIndex];

@@ -24,6 +24,7 @@ import { VirtioError } from '../../virtio/errors.js';
 import { VhostUserBackendSession } from './backend-session.js';
 import { VhostUserMessageParser } from './message-parser.js';
 import { LatencyTrace } from './latency-trace.js';
+import { AdaptivePoll } from './adaptive-poll.js';
 import { SysHostIo } from './sys-host-io.js';
 import type { DeviceFactory, DeviceFactoryRef, DeviceInstance } from './vhost-user-export.js';
 import { unlinkSync } from 'node:fs';
@@ -31,6 +32,8 @@ import { unlinkSync } from 'node:fs';
 export interface ExportWorkerData {
   readonly socketPath: string;
   readonly device: DeviceFactoryRef;
+  /** {@link AdaptivePoll}'s longest window (ns); 0: no polling. */
+  readonly pollMaxNs: number;
 }
 
 /** Main thread → worker. */
@@ -99,10 +102,12 @@ class ExportReactor {
   #stopped = false;
   #connections = 0;
   readonly #trace = LatencyTrace.enabled ? new LatencyTrace() : null;
+  readonly #poll: AdaptivePoll;
 
   constructor(data: ExportWorkerData, instance: DeviceInstance) {
     this.#data = data;
     this.#instance = instance;
+    this.#poll = new AdaptivePoll(data.pollMaxNs);
     this.#hostIo = new SysHostIo((line) => {
       this.#log(line);
     });
@@ -194,9 +199,17 @@ class ExportReactor {
       return;
     }
     trace?.read();
+    this.#poll.woke();
     const start = trace === null ? 0 : LatencyTrace.now();
     conn.session.kick(ring);
     trace?.kicked(start);
+    const session = conn.session;
+    const instance = this.#instance;
+    this.#poll.spin(
+      () => session.hasAvailable(ring),
+      () => session.kick(ring),
+      () => instance.busy?.() === true,
+    );
   }
 
   async #readConnection(): Promise<void> {
@@ -272,6 +285,9 @@ class ExportReactor {
     for (const fd of conn.parser.drainFds()) closeFd(fd);
     closeFd(conn.fd);
     this.#log(`front end disconnected: ${reason}`);
+    const p = this.#poll.stats;
+    if (this.#poll.maxNs > 0)
+      this.#log(`polling: ${p.hits} requests found, ${p.misses} empty windows, ${p.wakes} wake-ups`);
     for (const line of this.#trace?.report() ?? []) this.#log(line);
   }
 

@@ -50,6 +50,11 @@ export interface VhostUserExportOptions {
   readonly device: DeviceFactoryRef;
   /** Log lines (connections, faults, malformed messages). Default: none. */
   readonly onLog?: (line: string) => void;
+  /**
+   * Longest window (ns) the worker keeps polling a ring after serving it before it sleeps in epoll; it tunes
+   * itself below that (adaptive-poll.ts). Default 0: no polling, the worker sleeps as soon as it is idle.
+   */
+  readonly pollMaxNs?: number;
 }
 
 /** A {@link VhostUserExport.control} request failed in the worker (or the device takes none). */
@@ -120,7 +125,15 @@ export class VhostUserExport {
 
   /** Starts the worker; resolves once the socket is listening, rejects if the device or the socket failed. */
   static async start(options: VhostUserExportOptions): Promise<VhostUserExport> {
-    const data: ExportWorkerData = { socketPath: options.socketPath, device: options.device };
+    const pollMaxNs = options.pollMaxNs ?? 0;
+    if (!Number.isSafeInteger(pollMaxNs) || pollMaxNs < 0) {
+      throw new VhostUserExportError(
+        `pollMaxNs ${pollMaxNs} is not a whole number of nanoseconds ≥ 0`,
+        options.socketPath,
+        'EXPORT_BAD_OPTION',
+      );
+    }
+    const data: ExportWorkerData = { socketPath: options.socketPath, device: options.device, pollMaxNs };
     const worker = new Worker(new URL('./export-worker.js', import.meta.url), { workerData: data });
     const log = options.onLog ?? (() => undefined);
     let settleStart: ((error: Error | null) => void) | undefined;
