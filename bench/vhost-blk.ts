@@ -10,8 +10,11 @@
  * queue depth 1 and 4 (MiB/s), all through the driver's zero-copy readInto / writeFrom on buffers allocated once
  * per loop, so the client copies nothing. Each round starts each server in turn (the order alternating),
  * attaches, runs every phase, detaches and stops it; the best figure of the rounds is printed, and the median
- * and range of the per-round ratios. `RINGVM_BENCH_BASELINE=path/to/main.js` adds another ringvm build as a
- * third server (and a "vs base" column).
+ * and range of the per-round ratios (ringvm/QSD, and each server over that round's raw pass).
+ * `RINGVM_BENCH_BASELINE=path/to/main.js` adds another ringvm build as a third server (and a "vs base" column).
+ * `RINGVM_BENCH_POLL_NS=N` gives both servers the same adaptive polling window: `poll-max-ns=N` on ringvm's
+ * export, and an iothread with `poll-max-ns=N` running qemu-storage-daemon's export (by default neither polls:
+ * ringvm's export worker sleeps in epoll when idle, and QSD serves the export from its main loop).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
@@ -20,11 +23,12 @@ import {
   fdatasyncSync,
   mkdtempSync,
   openSync,
+  readFileSync,
   readSync,
   rmSync,
   writeSync,
 } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtioBlkDriver, type BlkBuffer, type VirtioBlkDisk } from '../src/drivers/blk/blk-driver.js';
 import { VhostUserFrontend } from '../src/transport/vhost-user/frontend.js';
@@ -109,7 +113,7 @@ export const random4k = (write: boolean, depth: number): Phase => ({
 });
 
 export const sequential = (write: boolean, depth: number): Phase => ({
-  label: `1 MiB sequential ${write ? 'write' : 'read'}${depth === 1 ? '' : `, QD ${depth}`}`,
+  label: `1 MiB sequential ${write ? 'write' : 'read'}, QD ${depth}`,
   unit: 'MiB/s',
   rawTarget: true,
   run: async (disk, s) => {
@@ -300,6 +304,21 @@ export function perRoundRatios(results: readonly Result[][], phase: number, a = 
   return ratioSpread(perRound);
 }
 
+/**
+ * The CPUs this process (and so the servers it starts) may run on, from /proc/self/status: `taskset -c 0 node
+ * build/bench/main.js --vhost-only` puts the client, both servers and the raw pass on one CPU (see
+ * docs/benchmarks.md for why that changes the QD 1 lines).
+ */
+function cpusAllowed(): string {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  return /^Cpus_allowed_list:\s*(\S+)/m.exec(status)?.[1] ?? 'unknown';
+}
+
+/** "median [min–max]" of one server's per-round figures of `phase` over that round's raw figure. */
+export function overRaw(rows: readonly Result[], raw: readonly Result[], phase: number): string {
+  return ratioSpread(rows.map((r, round) => r[phase]! / raw[round]![phase]!));
+}
+
 /** Prints an aligned table: the first column left-aligned, the others right-aligned. */
 export function printTable(head: readonly string[], rows: readonly (readonly string[])[]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -321,22 +340,29 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
     // Fully allocated: every block written once with nonzero data.
     writeFilledImage(image, s.imageBytes);
     const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
-    const exportArgs = (sock: string) => [
+    const pollNs = process.env.RINGVM_BENCH_POLL_NS;
+    const exportArgs = (sock: string, extra = '') => [
       '--blockdev',
       `driver=file,node-name=d0,filename=${image}`,
       '--export',
-      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on`,
+      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on${extra}`,
     ];
+    const ringvmArgs = (sock: string) =>
+      exportArgs(sock, pollNs === undefined ? '' : `,poll-max-ns=${pollNs}`);
+    const qsdArgs = (sock: string) =>
+      pollNs === undefined
+        ? exportArgs(sock)
+        : ['--object', `iothread,id=io0,poll-max-ns=${pollNs}`, ...exportArgs(sock, ',iothread=io0')];
     // ringvm first, qemu-storage-daemon second: the ratios compare these two; more servers add columns.
     const servers: BlkServer[] = [
-      { name: 'ringvm', argv: (sock: string) => [process.execPath, cli, 'serve', ...exportArgs(sock)] },
-      { name: 'qemu-sd', argv: (sock: string) => ['qemu-storage-daemon', ...exportArgs(sock)] },
+      { name: 'ringvm', argv: (sock: string) => [process.execPath, cli, 'serve', ...ringvmArgs(sock)] },
+      { name: 'qemu-sd', argv: (sock: string) => ['qemu-storage-daemon', ...qsdArgs(sock)] },
     ];
     const baseline = process.env.RINGVM_BENCH_BASELINE;
     if (baseline !== undefined) {
       servers.push({
         name: 'baseline',
-        argv: (sock: string) => [process.execPath, baseline, 'serve', ...exportArgs(sock)],
+        argv: (sock: string) => [process.execPath, baseline, 'serve', ...ringvmArgs(sock)],
       });
     }
     /** raw[round][phase] */
@@ -348,7 +374,11 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
       `\nHost-only vhost-user block I/O: ringvm's virtio-blk driver (zero-copy readInto/writeFrom) over ` +
         `VhostUserFrontend, against ${servers.map((x) => x.name).join(', ')} (${s.imageBytes / MiB} MiB allocated ` +
         `raw image, page-cached; ${rounds} rounds, figures = best round; per round = median [min–max] of each ` +
-        `round's ringvm/QSD; raw = synchronous fs.readSync/writeSync of the same file)`,
+        `round's ringvm/QSD, and of each server over that round's raw; raw = synchronous fs.readSync/writeSync ` +
+        `of the same file; polling: ${pollNs === undefined ? 'none' : `poll-max-ns=${pollNs} for both`}; ` +
+        `CPUs allowed ${cpusAllowed()}; load average ${loadavg()
+          .map((l) => l.toFixed(1))
+          .join(' ')})`,
     );
     const head = [
       'phase',
@@ -357,7 +387,9 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
       'ringvm/QSD',
       'per round',
       'ringvm/raw',
+      'per round',
       'QSD/raw',
+      'per round',
       ...(baseline === undefined ? [] : ['vs base']),
     ];
     const rows = PHASES.map((p, i) => {
@@ -371,7 +403,9 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
         `${(a / b).toFixed(2)}×`,
         perRoundRatios(results, i),
         `${(a / h).toFixed(2)}×`,
+        overRaw(results[0]!, raw, i),
         `${(b / h).toFixed(2)}×`,
+        overRaw(results[1]!, raw, i),
         ...(figures[2] === undefined ? [] : [`${(a / figures[2]).toFixed(2)}×`]),
       ];
     });
