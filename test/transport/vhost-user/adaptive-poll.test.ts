@@ -19,6 +19,14 @@ function fakeClock(tick: number): { now: () => number; advance: (ms: number) => 
 
 const US = 1 / 1000; // one microsecond in ms
 
+/** A spin that finds nothing: the worker goes back to its event loop. */
+function goIdle(poll: AdaptivePoll): void {
+  poll.spin(
+    () => false,
+    () => {},
+  );
+}
+
 describe('AdaptivePoll', () => {
   test('maxNs 0 never polls', () => {
     const clock = fakeClock(US);
@@ -36,19 +44,13 @@ describe('AdaptivePoll', () => {
   test('wake-ups soon after the work grow the window by doubling up to maxNs; a miss at maxNs stops it', () => {
     const clock = fakeClock(US);
     const poll = new AdaptivePoll(100_000, clock.now);
-    poll.spin(
-      () => false,
-      () => {},
-    );
+    goIdle(poll);
     const windows: number[] = [];
     for (let i = 0; i < 7; i++) {
       clock.advance(10 * US); // the next kick comes 10 µs after the worker went idle (the window included)
       poll.woke();
       windows.push(poll.windowNs);
-      poll.spin(
-        () => false,
-        () => {},
-      );
+      goIdle(poll);
     }
     // At 100 µs the wait (window + 10 µs) is beyond maxNs: polling could not have caught it, so it stops.
     assert.deepEqual(windows, [POLL_GROW_START_NS, 8_000, 16_000, 32_000, 64_000, 100_000, 0]);
@@ -57,17 +59,11 @@ describe('AdaptivePoll', () => {
   test('a wait longer than maxNs turns polling off until waits are short again', () => {
     const clock = fakeClock(US);
     const poll = new AdaptivePoll(50_000, clock.now);
-    poll.spin(
-      () => false,
-      () => {},
-    );
+    goIdle(poll);
     clock.advance(10 * US);
     poll.woke();
     assert.equal(poll.windowNs, POLL_GROW_START_NS);
-    poll.spin(
-      () => false,
-      () => {},
-    );
+    goIdle(poll);
     clock.advance(1); // 1 ms idle: far beyond maxNs
     poll.woke();
     assert.equal(poll.windowNs, 0);
@@ -76,10 +72,7 @@ describe('AdaptivePoll', () => {
   test('requests found while polling are served, then the spin ends after an empty window', () => {
     const clock = fakeClock(US);
     const poll = new AdaptivePoll(100_000, clock.now);
-    poll.spin(
-      () => false,
-      () => {},
-    );
+    goIdle(poll);
     poll.woke(); // 1 µs later: the window opens at 4 µs
     let available = 3;
     let served = 0;
@@ -104,10 +97,7 @@ describe('AdaptivePoll', () => {
   test('a stream of requests is cut after POLL_MAX_SPIN_NS so the event loop runs', () => {
     const clock = fakeClock(US);
     const poll = new AdaptivePoll(100_000, clock.now);
-    poll.spin(
-      () => false,
-      () => {},
-    );
+    goIdle(poll);
     poll.woke();
     let served = 0;
     poll.spin(
