@@ -5,6 +5,10 @@ import {
   POLL_GROW_START_NS,
   POLL_MAX_SPIN_NS,
 } from '../../../src/transport/vhost-user/adaptive-poll.js';
+import {
+  VhostUserExport,
+  VhostUserExportError,
+} from '../../../src/transport/vhost-user/vhost-user-export.js';
 
 /** A clock (ms) that moves only when told, plus `tick` ms on every read (a spin must see time pass). */
 function fakeClock(tick: number): { now: () => number; advance: (ms: number) => void } {
@@ -111,4 +115,19 @@ describe('AdaptivePoll', () => {
     assert.ok(served > 0 && served <= POLL_MAX_SPIN_NS / perRequestNs + 2, `served ${served}`);
     assert.equal(poll.stats.misses, 0);
   });
+});
+
+describe('VhostUserExport pollMaxNs', () => {
+  for (const bad of [-1, 1.5, Number.NaN]) {
+    test(`refuses ${bad} before starting a worker`, async () => {
+      await assert.rejects(
+        VhostUserExport.start({
+          socketPath: '/nonexistent/never-bound.sock',
+          device: { module: 'file:///nonexistent.js', name: 'none', args: null },
+          pollMaxNs: bad,
+        }),
+        (e: unknown) => e instanceof VhostUserExportError && e.code === 'EXPORT_BAD_OPTION',
+      );
+    });
+  }
 });
