@@ -168,7 +168,10 @@ export abstract class StreamLink implements NetBackend {
   }
 
   pendingLength(): number {
-    return this.#queue[this.#queueHead]?.length ?? 0;
+    const length = this.#queue[this.#queueHead]?.length ?? 0;
+    // Found empty: the next frame is announced (the device stops at a 0 here without calling receive).
+    if (length === 0) this.#announce = true;
+    return length;
   }
 
   pauseReceive(): void {

@@ -104,7 +104,11 @@ export class SwitchPortBackend implements NetBackend {
   }
 
   pendingLength(): number {
-    return this.#rx.peek()?.length ?? 0;
+    const frame = this.#rx.peek();
+    if (frame !== null) return frame.length;
+    // Found empty: wait for the next frame (the device stops at a 0 here without calling receive).
+    this.#armReadable();
+    return 0;
   }
 
   pauseReceive(): void {

@@ -20,8 +20,8 @@
  * - `pendingLength()` gives the length of the next pending frame when the back end knows it without consuming it
  *   (stream framing, a queued frame), -1 when it cannot tell (tap), 0 when nothing is pending. A device with
  *   VIRTIO_NET_F_MRG_RXBUF uses it to pop only as many receive buffers as the frame needs.
- * - `events.readable()` is called when frames become pending after `receive` returned 0 (edge: the device then
- *   drains with `receive` until 0). The device may `pauseReceive()` while the guest has no receive buffers, and
+ * - `events.readable()` is called when frames become pending after `receive` or `pendingLength` returned 0
+ *   (edge: the device then drains until one of them says nothing is pending). The device may `pauseReceive()` while the guest has no receive buffers, and
  *   `resumeReceive()` once it has.
  * - `setOffloads` (tap only) tells the host which offloads the guest accepts on receive (TUNSETOFFLOAD).
  * - `setEnabled(false)` (optional): the device does not use this back end for now — it serves a queue pair
@@ -33,7 +33,7 @@
 import { VirtioError } from '../../virtio/errors.js';
 
 export interface NetBackendEvents {
-  /** Frames are pending for `receive` (edge-triggered: after `receive` returned 0). */
+  /** Frames are pending for `receive` (edge-triggered: after `receive` or `pendingLength` returned 0). */
   readable(): void;
   /** `transmit` may succeed again after it returned false. */
   writable(): void;

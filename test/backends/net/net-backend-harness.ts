@@ -12,7 +12,14 @@ export class BackendProbe {
   writableEvents = 0;
   #paused = false;
 
-  constructor(readonly backend: NetBackend) {
+  /**
+   * `asDevice`: drain as NetDevice does with mergeable buffers — stop when `pendingLength()` says 0, without the
+   * `receive` that returns 0 (the back end must re-arm `readable` on either).
+   */
+  constructor(
+    readonly backend: NetBackend,
+    readonly options: { readonly asDevice?: boolean } = {},
+  ) {
     backend.start({
       readable: () => {
         this.drain();
@@ -40,6 +47,7 @@ export class BackendProbe {
     if (this.#paused) return;
     for (;;) {
       const pending = this.backend.pendingLength();
+      if (pending === 0 && this.options.asDevice === true) return;
       const n = this.backend.receive([this.#buffer.subarray(0, 100), this.#buffer.subarray(100)]);
       if (n === 0) {
         if (pending !== 0) throw new Error(`pendingLength ${pending} but receive returned 0`);

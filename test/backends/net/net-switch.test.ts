@@ -263,6 +263,19 @@ describe('NetSwitch', () => {
     await sw.close();
   });
 
+  test('a shared port whose device stops at pendingLength 0 is woken for every later frame', async () => {
+    const sw = new NetSwitch();
+    const port = sw.addSharedPort({ name: 'dev' });
+    const src = sw.addEndpoint({ name: 'src' });
+    const dev = new BackendProbe(new SwitchPortBackend(port.handle), { asDevice: true });
+    for (let i = 0; i < 5; i++) {
+      src.send(testFrame(BROADCAST, mac(1), 98, i));
+      await until(() => dev.frames.length === i + 1, `frame ${i}`);
+    }
+    await dev.backend.close();
+    await sw.close();
+  });
+
   test('stream back ends as ports: two stream links joined by the switch', async () => {
     const dir = mkdtempSync(join(tmpdir(), `ringvm-switch-${process.pid}-`));
     try {

@@ -60,6 +60,19 @@ describe('StreamNetBackend', () => {
     });
   }
 
+  test('a receiver that stops at pendingLength 0 (as the device does) is told about every later frame', async () => {
+    const [server, client] = await pair('unix', 'edge');
+    const s = new BackendProbe(server, { asDevice: true });
+    const c = new BackendProbe(client);
+    for (let i = 0; i < 5; i++) {
+      // One frame at a time: each arrives after the receiver found the queue empty.
+      c.send(testFrame(mac(1), mac(2), 98, i));
+      await until(() => s.frames.length === i + 1, `frame ${i}`);
+    }
+    await client.close();
+    await server.close();
+  });
+
   test('back-pressure both ways loses nothing: 20 000 frames to a paused receiver', async () => {
     const [server, client] = await pair('unix', 'pressure');
     const s = new BackendProbe(server);
