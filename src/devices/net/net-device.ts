@@ -390,6 +390,9 @@ export class NetDevice implements VirtioDevice {
         b.start(this.#eventsFor(i));
       });
     }
+    // The host side may have come up or gone down while nobody listened for linkChange (a stream peer that
+    // connected before the guest's driver started): the status the driver reads must be the link as it is now.
+    this.#updateLink();
     // With the control queue, VQ_PAIRS_SET picks the pairs (1 until it comes). MQ without it: whoever drives the
     // device runs the control queue elsewhere and enables the rings of the pairs in use, so the pairs whose
     // receive queue is enabled are the active ones (the others' back ends stop taking frames for them).

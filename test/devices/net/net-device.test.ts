@@ -1,6 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NetDevice } from '../../../src/devices/net/net-device.js';
+import type { NetBackendEvents } from '../../../src/devices/net/net-backend.js';
 import {
   NET_CONFIG_MAC,
   NET_CONFIG_MAX_VIRTQUEUE_PAIRS,
@@ -220,6 +221,22 @@ describe('NetDevice: transmit', () => {
     await settle();
     assert.equal(s.client.frames(0).length, 1);
     assert.equal(s.device.linkUp, true);
+  });
+
+  test('a back end whose link came up before the driver started the device: the guest sees it up', async () => {
+    // As a stream peer that connected before DRIVER_OK: nobody was listening for linkChange then.
+    class EarlyLink extends MemoryNetBackend {
+      override start(events: NetBackendEvents): void {
+        this.linkUp = true;
+        super.start(events);
+      }
+    }
+    const backend = new EarlyLink();
+    backend.linkUp = false;
+    const s = await setupNet({ backends: [backend] });
+    assert.equal(s.device.linkUp, true);
+    const cfg = await s.transport.readConfig(NET_CONFIG_STATUS, 2);
+    assert.equal((cfg[0] as number) & VIRTIO_NET_S_LINK_UP, VIRTIO_NET_S_LINK_UP);
   });
 
   test('the back end going down takes the link down too', async () => {
