@@ -23,6 +23,8 @@ import type { VirtioError } from '../../../src/virtio/errors.js';
 import { VirtioFeature, featureBit, hasFeature } from '../../../src/virtio/features.js';
 import type { SplitQueueLayout } from '../../../src/virtio/split/split-virtqueue.js';
 import { SplitVirtqueue } from '../../../src/virtio/split/split-virtqueue.js';
+import type { SplitQueue } from '../../../src/virtio/split/split-queue.js';
+import type { DeviceContext } from '../../../src/virtio/device/virtio-device.js';
 import { DeviceStatus } from '../../../src/virtio/status.js';
 import {
   ECHO_CONFIG_SIZE,
@@ -203,6 +205,45 @@ describe('VhostUserBackendSession: a UML probe, end to end', () => {
     r.session.close();
     r.io.assertClean();
     assert.equal(r.device.isActive, false);
+    assert.deepEqual(r.faults, []);
+  });
+
+  test('GET_VRING_BASE asks the device to give back the chains it popped ahead of need (quiesce)', () => {
+    /** An echo device that can pop a chain ahead and hold it, as virtio-net receive does for a tap. */
+    class LookaheadEcho extends EchoDevice {
+      queues: readonly SplitQueue[] = [];
+      held: number | null = null;
+      override activate(context: DeviceContext): void {
+        this.queues = context.queues;
+        super.activate(context);
+      }
+      holdOne(queue: number): void {
+        this.held = this.queues[queue]?.popChain()?.head ?? null;
+      }
+      quiesce(): void {
+        if (this.held !== null) this.queues[0]?.unpop(this.held);
+        this.held = null;
+      }
+    }
+    const device = new LookaheadEcho({ queueMaxSizes: [256, 256] });
+    const r = rig({ device });
+    const acked = umlNegotiate(r);
+    umlFindVqs(r, 2);
+    const { vq } = driverQueue(r, 0, acked & ~BIT30);
+    addEcho(r, vq, 'served');
+    vq.kick();
+    assert.equal(r.session.kick(0), true);
+    assert.equal(vq.getBuf()?.token, 'served');
+    addEcho(r, vq, 'held ahead');
+    vq.kick();
+    device.holdOne(0);
+    assert.notEqual(device.held, null);
+    const base = only(feed(r.session, r.fe.state(R.GET_VRING_BASE, 0, 0)));
+    assert.deepEqual(decodeVringState(base.payload), { index: 0, num: 1 }, 'the held chain is not consumed');
+    feed(r.session, r.fe.state(R.SET_VRING_BASE, 0, 1), r.fe.vringFd(R.SET_VRING_KICK, 0));
+    assert.equal(r.session.kick(0), true);
+    assert.equal(vq.getBuf()?.token, 'held ahead');
+    r.session.close();
     assert.deepEqual(r.faults, []);
   });
 
