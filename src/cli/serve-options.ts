@@ -552,7 +552,7 @@ function netdev(o: KeyValueOptions): NetdevPlan {
   return plan;
 }
 
-/** The keys of `--netdev stream` (QEMU 7.2's NetdevStreamOptions: addr.*, server, reconnect). */
+/** The keys of `--netdev stream`: QEMU 7.2's NetdevStreamOptions (addr.*, server), and reconnect as QEMU 8.0 added it. */
 function streamNetdev(o: KeyValueOptions): Pick<StreamNetdevPlan, 'server' | 'address' | 'reconnectMs'> {
   const server = o.bool('server', false);
   const type = o.choice('addr.type', ['unix', 'inet']);
