@@ -29,6 +29,7 @@ import type { NetBackend } from '../devices/net/net-backend.js';
 import { formatMac } from '../devices/net/net-config.js';
 import { PasstNetBackend } from '../backends/net/passt-backend.js';
 import { StreamNetBackend, type StreamAddress } from '../backends/net/stream-backend.js';
+import { SwitchPortBackend, type SwitchPortHandle } from '../backends/net/switch-port-backend.js';
 import { TapBackend } from '../backends/net/tap-backend.js';
 import type { VirtioDevice } from '../virtio/device/virtio-device.js';
 
@@ -98,6 +99,11 @@ export type NetBackendArgs =
       readonly reconnectMs?: number;
     }
   | {
+      /** A port of a NetSwitch owned by another thread (`switch.addSharedPort().handle`). */
+      readonly kind: 'switch-port';
+      readonly handle: SwitchPortHandle;
+    }
+  | {
       readonly kind: 'passt';
       /** Connect to a running passt; absent: start one with `args`. */
       readonly socketPath?: string;
@@ -157,6 +163,8 @@ export async function openNetBackends(
       if (onLog !== undefined) stream.onLog = onLog;
       return { backends: [stream], ifname: undefined };
     }
+    case 'switch-port':
+      return { backends: [new SwitchPortBackend(args.handle)], ifname: undefined };
     case 'passt': {
       const passt = await PasstNetBackend.open({
         args: args.args,

@@ -7,18 +7,16 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiB, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
+import { receiveFile, sendFile, upAndReach } from '../guest/net-peer-shell.js';
 import { compiled, mainJs } from './ringvm-process.js';
 
 const GUEST_MS = 300_000;
 const PREFIX = '10.97.0';
-const PORT = 5000;
-/** A tells B on this port that the file arrived (B's guest must not end before its data is sent). */
-const DONE_PORT = 5001;
 
 let dir = '';
 let sockets = '';
@@ -26,9 +24,6 @@ let dataMd5 = '';
 
 before(async () => {
   ({ dir, dataMd5 } = makeNetGuestDir('run-net-stream', 4 * MiB, 0x57e4));
-  // The receiving side runs this on the connection (nc -e): a plain `nc -l` with stdin at /dev/null would
-  // half-close at once, and busybox's nc on the sending side stops sending when it sees that.
-  writeFileSync(join(dir, 'receive.sh'), '#!/bin/sh\nmd5sum > /tmp/received.md5\n', { mode: 0o755 });
   sockets = mkdtempSync(join(tmpdir(), 'ringvm-stream-seg-'));
   // Built once here: two `ringvm run`s starting together would otherwise both build the guest on first use.
   for (const name of ['build-uml', 'build-qemu']) {
@@ -61,21 +56,6 @@ function umlGuest(netdev: string, mac: string, cmd: string): Promise<RunResult> 
   );
 }
 
-/** Guest shell: eth0 up with `PREFIX.last/24`, then wait (up to a minute) until `peer` answers a ping. */
-function upAndReach(last: number, peer: string): string {
-  return [
-    'ip link set eth0 up',
-    `ip addr add ${PREFIX}.${last}/24 dev eth0`,
-    retry(`ping -c 1 -W 1 ${peer} >/dev/null 2>&1`, 9),
-    `ping -c 3 -W 5 ${peer}`,
-  ].join(' && ');
-}
-
-/** Guest shell: `cmd` until it succeeds, once a second for a minute; then exit `status`. */
-function retry(cmd: string, status: number): string {
-  return `{ i=0; until ${cmd}; do i=$((i+1)); [ $i -lt 60 ] || exit ${status}; sleep 1; done; }`;
-}
-
 function output(name: string, r: RunResult): string {
   return `${name} (exit ${r.code}):\n${r.stdout}\n${r.stderr}`;
 }
@@ -93,14 +73,12 @@ describe(
         umlGuest(
           `stream,id=n0,server=on,addr.type=unix,addr.path=${seg}`,
           '52:54:00:97:00:01',
-          // Then tell B it may end: B's nc returns when the file is in its socket buffer, not when A has it.
-          `${upAndReach(1, b)} && nc -l -p ${PORT} -e /host/receive.sh && echo "md5 $(cat /tmp/received.md5)" && ${retry(`echo done | nc ${b} ${DONE_PORT}`, 8)}`,
+          `${upAndReach(a, b)} && ${receiveFile(b)}`,
         ),
         umlGuest(
           `stream,id=n0,addr.type=unix,addr.path=${seg},reconnect=1`,
           '52:54:00:97:00:02',
-          // A may still be pinging when B is ready: retry the connection until A's nc listens.
-          `${upAndReach(2, a)} && ${retry(`nc ${a} ${PORT} < /host/data.bin`, 8)} && nc -l -p ${DONE_PORT}`,
+          `${upAndReach(b, a)} && ${sendFile(a, '/host/data.bin')}`,
         ),
       ]);
       assert.equal(ra.code, 0, output('guest A', ra));
@@ -131,14 +109,14 @@ describe(
             'virtio-net-pci,netdev=s0,mac=52:54:00:97:00:03',
             '--',
             // Stay up a while: the other guest may still be pinging this one.
-            `${upAndReach(3, uml)} && sleep 8`,
+            `${upAndReach(qemu, uml)} && sleep 8`,
           ],
           GUEST_MS,
         ),
         umlGuest(
           `stream,id=n0,addr.type=unix,addr.path=${seg},reconnect=1`,
           '52:54:00:97:00:01',
-          `${upAndReach(1, qemu)} && sleep 8`,
+          `${upAndReach(uml, qemu)} && sleep 8`,
         ),
       ]);
       assert.equal(rq.code, 0, output('QEMU guest', rq));
