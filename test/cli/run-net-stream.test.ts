@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiB, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
-import { receiveFile, sendFile, upAndReach } from '../guest/net-peer-shell.js';
+import { receiveFile, retry, sendFile, upAndReach } from '../guest/net-peer-shell.js';
 import { compiled, mainJs } from './ringvm-process.js';
 
 const GUEST_MS = 300_000;
@@ -54,6 +54,11 @@ function umlGuest(netdev: string, mac: string, cmd: string): Promise<RunResult> 
     ],
     GUEST_MS,
   );
+}
+
+/** Guest shell: mark `me` done pinging in /host, then wait (a minute at most, exit 7) for `peer`'s mark. */
+function waitForPeer(me: string, peer: string): string {
+  return `touch /host/${me}-pinged && ${retry(`[ -e /host/${peer}-pinged ]`, 7)}`;
 }
 
 function output(name: string, r: RunResult): string {
@@ -99,6 +104,8 @@ describe(
           [
             '--timeout',
             String(GUEST_MS / 1000 - 10),
+            '--share',
+            dir,
             '--qemu',
             '-netdev',
             '--qemu',
@@ -108,15 +115,15 @@ describe(
             '--qemu',
             'virtio-net-pci,netdev=s0,mac=52:54:00:97:00:03',
             '--',
-            // Stay up a while: the other guest may still be pinging this one.
-            `${upAndReach(qemu, uml)} && sleep 8`,
+            // Each stays up until the other has pinged it (a marker in the shared directory).
+            `${upAndReach(qemu, uml)} && ${waitForPeer('qemu', 'uml')}`,
           ],
           GUEST_MS,
         ),
         umlGuest(
           `stream,id=n0,addr.type=unix,addr.path=${seg},reconnect=1`,
           '52:54:00:97:00:01',
-          `${upAndReach(uml, qemu)} && sleep 8`,
+          `${upAndReach(uml, qemu)} && ${waitForPeer('uml', 'qemu')}`,
         ),
       ]);
       assert.equal(rq.code, 0, output('QEMU guest', rq));
