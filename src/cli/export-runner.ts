@@ -16,6 +16,7 @@ import type {
   NetDeviceArgs,
   RngDeviceArgs,
 } from './device-factories.js';
+import { NetHubs } from './net-hubs.js';
 import type { ChardevPlan, DevicePlan, ExportPlan, NetdevPlan } from './serve-options.js';
 
 /** What the commands use of a started export (VhostUserExport's public surface). */
@@ -57,7 +58,7 @@ function chardevArgs(c: ChardevPlan): ChardevArgs {
   }
 }
 
-function netBackendArgs(n: NetdevPlan): NetBackendArgs {
+function netBackendArgs(n: NetdevPlan, hubs: NetHubs | undefined): NetBackendArgs {
   switch (n.kind) {
     case 'tap':
       return {
@@ -81,11 +82,17 @@ function netBackendArgs(n: NetdevPlan): NetBackendArgs {
         ...(n.command !== undefined && { command: n.command }),
         ...(n.netns !== undefined && { netns: n.netns }),
       };
+    case 'hubport':
+      if (hubs === undefined) throw new Error(`internal: hubport ${n.id} without its switches`);
+      return { kind: 'switch-port', handle: hubs.port(n.id) };
   }
 }
 
-/** The worker-side factory and its JSON arguments for one export of `plan`. */
-export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactoryRef {
+/**
+ * The worker-side factory and its (structured-clone) arguments for one export of `plan`; `hubs` holds the
+ * switch ports of hubport netdevs.
+ */
+export function exportFactoryRef(plan: DevicePlan, e: ExportPlan, hubs?: NetHubs): DeviceFactoryRef {
   switch (e.type) {
     case 'vhost-user-blk': {
       const b = plan.blockdevs.find((x) => x.nodeName === e.nodeName);
@@ -119,7 +126,7 @@ export function exportFactoryRef(plan: DevicePlan, e: ExportPlan): DeviceFactory
       const n = plan.netdevs.find((x) => x.id === e.netdev);
       if (n === undefined) throw new Error(`internal: no netdev ${e.netdev}`);
       const args: NetDeviceArgs = {
-        backend: netBackendArgs(n),
+        backend: netBackendArgs(n, hubs),
         queuePairs: e.queues,
         mac: e.mac,
         offloads: e.offloads,
@@ -166,25 +173,50 @@ export async function startExports(
 ): Promise<RunningExport[]> {
   const starter = options.starter ?? startVhostUserExport;
   const onLog = options.onLog;
+  // The switches of hubport netdevs live on this thread; they close once every export on them has stopped.
+  const hubs = new NetHubs(plan);
+  let onHubs = plan.exports.filter(
+    (e) => e.type === 'vhost-user-net' && plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport'),
+  ).length;
+  const onHub = (e: ExportPlan, handle: ExportHandle): ExportHandle => {
+    if (e.type !== 'vhost-user-net' || !plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport'))
+      return handle;
+    let released = false;
+    return {
+      socketPath: handle.socketPath,
+      closed: handle.closed,
+      stop: async () => {
+        await handle.stop();
+        if (released) return;
+        released = true;
+        onHubs--;
+        if (onHubs === 0) await hubs.close();
+      },
+    };
+  };
   const results = await Promise.allSettled(
     plan.exports.map(async (e) => ({
       plan: e,
-      handle: await starter({
-        socketPath: e.socketPath,
-        device: exportFactoryRef(plan, e),
-        ...(e.pollMaxNs !== undefined && { pollMaxNs: e.pollMaxNs }),
-        ...(onLog !== undefined && {
-          onLog: (line: string) => {
-            onLog(`[${e.id}] ${line}`);
-          },
+      handle: onHub(
+        e,
+        await starter({
+          socketPath: e.socketPath,
+          device: exportFactoryRef(plan, e, hubs),
+          ...(e.pollMaxNs !== undefined && { pollMaxNs: e.pollMaxNs }),
+          ...(onLog !== undefined && {
+            onLog: (line: string) => {
+              onLog(`[${e.id}] ${line}`);
+            },
+          }),
         }),
-      }),
+      ),
     })),
   );
   const running = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   const index = results.findIndex((r) => r.status === 'rejected');
   if (index >= 0) {
     await stopExports(running);
+    await hubs.close();
     const failed = results[index] as PromiseRejectedResult;
     throw new ExportStartError(plan.exports[index] as ExportPlan, failed.reason);
   }

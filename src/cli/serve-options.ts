@@ -20,6 +20,7 @@
  * --netdev stream,id=ID,addr.type=inet,addr.host=HOST,addr.port=PORT[,server=on|off][,reconnect=SECONDS]
  * --netdev passt,id=ID[,path=PASST][,address=IP][,gateway=IP][,ipv6=on|off][,tcp-ports=SPEC][,udp-ports=SPEC][,netns=NAME]
  * --netdev passt,id=ID,socket=PATH                                (a running passt)
+ * --netdev hubport,id=ID,hubid=HUB                                (a port of in-process switch HUB)
  * --export type=vhost-user-net,id=ID,netdev=ID,addr.path=SOCK[,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]
  * ```
  *
@@ -94,7 +95,7 @@ export type ChardevPlan =
  * The host side of a net export (`--netdev KIND,id=ID,...`, QEMU's -netdev syntax). One member per kind; a new
  * kind adds a member here, a case in {@link netdev} and one in export-runner's netBackendArgs.
  */
-export type NetdevPlan = TapNetdevPlan | StreamNetdevPlan | PasstNetdevPlan;
+export type NetdevPlan = TapNetdevPlan | StreamNetdevPlan | PasstNetdevPlan | HubportNetdevPlan;
 
 interface NetdevCommon {
   readonly id: string;
@@ -134,6 +135,16 @@ export interface PasstNetdevPlan extends NetdevCommon {
   readonly args: readonly string[];
   /** Start passt in this network namespace. */
   readonly netns: string | undefined;
+}
+
+/**
+ * QEMU's `-netdev hubport`: a port of the in-process switch `hubid`, owned by the main thread of this ringvm
+ * process. Every hubport with the same hubid is on one segment (a learning switch, not a hub: unicast goes only
+ * to the port behind the destination address).
+ */
+export interface HubportNetdevPlan extends NetdevCommon {
+  readonly kind: 'hubport';
+  readonly hubid: string;
 }
 
 export interface ConsolePortPlan {
@@ -220,6 +231,8 @@ const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 /** Linux MAX_TAP_QUEUES; also far more virtqueue pairs than a vhost-user front end sets up. */
 const MAX_NET_QUEUES = 256;
 const MAX_PORT = 65_535;
+/** A `--netdev hubport` hubid: QEMU's number, or a name. */
+const HUB_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 /** What `ip netns` accepts as a name (a file under /run/netns). */
 const NETNS = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 /** passt's -t/-u forwarding syntax: [ADDR/]PORT[-PORT][:PORT[-PORT]], `~` exclusions, `all`, `auto`, `none`. */
@@ -524,7 +537,7 @@ function netExport(
 
 function netdev(o: KeyValueOptions): NetdevPlan {
   o.identifyBy('id');
-  const kind = o.choice('type', ['tap', 'stream', 'passt']);
+  const kind = o.choice('type', ['tap', 'stream', 'passt', 'hubport']);
   const id = identifier(o, 'id');
   let plan: NetdevPlan;
   switch (kind) {
@@ -547,6 +560,15 @@ function netdev(o: KeyValueOptions): NetdevPlan {
     case 'passt':
       plan = { kind, id, ...passtNetdev(o), queues: 1, vnetHdr: false, label: o.label };
       break;
+    case 'hubport': {
+      // QEMU's hubid is a number; a name is accepted too (`hubid=0`, `hubid=lan`).
+      const hubid = o.string('hubid');
+      if (!HUB_ID.test(hubid)) {
+        throw o.error(`'${hubid}' is not a hub id (1 to 64 letters, digits, '-', '.', '_')`, 'hubid');
+      }
+      plan = { kind, id, hubid, queues: 1, vnetHdr: false, label: o.label };
+      break;
+    }
   }
   o.finish();
   return plan;
