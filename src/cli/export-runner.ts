@@ -175,12 +175,11 @@ export async function startExports(
   const onLog = options.onLog;
   // The switches of hubport netdevs live on this thread; they close once every export on them has stopped.
   const hubs = new NetHubs(plan);
-  let onHubs = plan.exports.filter(
-    (e) => e.type === 'vhost-user-net' && plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport'),
-  ).length;
+  const onHubport = (e: ExportPlan): boolean =>
+    e.type === 'vhost-user-net' && plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport');
+  let onHubs = plan.exports.filter(onHubport).length;
   const onHub = (e: ExportPlan, handle: ExportHandle): ExportHandle => {
-    if (e.type !== 'vhost-user-net' || !plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport'))
-      return handle;
+    if (!onHubport(e)) return handle;
     let released = false;
     return {
       socketPath: handle.socketPath,

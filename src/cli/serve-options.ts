@@ -131,7 +131,7 @@ export interface PasstNetdevPlan extends NetdevCommon {
   readonly socket: string | undefined;
   /** The passt executable (default `passt` from PATH). */
   readonly command: string | undefined;
-  /** passt's own options, from address/gateway/ipv6. */
+  /** passt's own options, from address/gateway/ipv6/tcp-ports/udp-ports. */
   readonly args: readonly string[];
   /** Start passt in this network namespace. */
   readonly netns: string | undefined;
@@ -594,15 +594,15 @@ function streamNetdev(o: KeyValueOptions): Pick<StreamNetdevPlan, 'server' | 'ad
     if (port === undefined) throw o.error('missing (required with addr.type=inet)', 'addr.port', '');
     address = { type, host, port };
   }
+  return { server, address, reconnectMs: reconnectMs(o, server) };
+}
+
+/** `reconnect=SECONDS` of a socket client (a chardev or a stream netdev), in ms; 0 or absent: undefined. */
+function reconnectMs(o: KeyValueOptions, server: boolean): number | undefined {
   const reconnect = o.optionalInteger('reconnect', 0, 86_400);
-  if (reconnect !== undefined && reconnect > 0 && server) {
-    throw o.error('only for server=off (a client reconnects; a server listens)', 'reconnect');
-  }
-  return {
-    server,
-    address,
-    reconnectMs: reconnect !== undefined && reconnect > 0 ? reconnect * 1000 : undefined,
-  };
+  if (reconnect === undefined || reconnect === 0) return undefined;
+  if (server) throw o.error('only for server=off (a client reconnects; a server listens)', 'reconnect');
+  return reconnect * 1000;
 }
 
 /** The keys of `--netdev passt`: a running passt's socket, or how to start one. */
@@ -763,13 +763,7 @@ function chardev(o: KeyValueOptions): ChardevPlan {
         'wait',
       );
     }
-    let reconnectMs: number | undefined;
-    const reconnect = o.optionalInteger('reconnect', 0, 86_400);
-    if (reconnect !== undefined && reconnect > 0) {
-      if (server) throw o.error('only for server=off (a client reconnects; a server listens)', 'reconnect');
-      reconnectMs = reconnect * 1000;
-    }
-    plan = { backend, id, path, server, reconnectMs, label: o.label };
+    plan = { backend, id, path, server, reconnectMs: reconnectMs(o, server), label: o.label };
   } else if (backend === 'file') {
     const path = resolve(o.string('path'));
     const append = o.bool('append', false);
@@ -837,9 +831,7 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
   }
   for (const c of plan.chardevs) {
     if (c.backend === 'socket') {
-      if (c.server) await checkListenPath(c.label, 'path', c.path);
-      else if (c.reconnectMs === undefined) await checkConnectPath(c.label, 'path', c.path, RECONNECT_HINT);
-      else await checkDirectory(c.label, 'path', c.path);
+      await checkSocketEnd(c.label, 'path', c.path, c.server, c.reconnectMs);
     } else if (c.backend === 'file') {
       await checkDirectory(c.label, 'path', c.path);
       const st = await fs.stat(c.path).catch(() => undefined);
@@ -848,11 +840,7 @@ export async function checkHostResources(plan: DevicePlan): Promise<void> {
   }
   for (const n of plan.netdevs) {
     if (n.kind === 'stream' && n.address.type === 'unix') {
-      const path = n.address.path;
-      if (n.server) await checkListenPath(n.label, 'addr.path', path);
-      else if (n.reconnectMs === undefined)
-        await checkConnectPath(n.label, 'addr.path', path, RECONNECT_HINT);
-      else await checkDirectory(n.label, 'addr.path', path);
+      await checkSocketEnd(n.label, 'addr.path', n.address.path, n.server, n.reconnectMs);
     } else if (n.kind === 'passt' && n.socket !== undefined) {
       await checkConnectPath(n.label, 'socket', n.socket, "a running passt's --socket path");
     } else if (n.kind === 'tap') {
@@ -1005,6 +993,22 @@ async function checkConnectPath(label: string, key: string, path: string, hint: 
     throw hostError(label, key, `'${path}' ${describeCode(e)} (${hint})`, path);
   }
   if (!st.isSocket()) throw hostError(label, key, `'${path}' is ${kindOf(st)}, not a socket`, path);
+}
+
+/**
+ * The unix socket of a chardev or stream netdev: a server's path must be free to listen on; a client's must be a
+ * listening socket now, unless it reconnects (then only its directory must exist).
+ */
+async function checkSocketEnd(
+  label: string,
+  key: string,
+  path: string,
+  server: boolean,
+  reconnectMs: number | undefined,
+): Promise<void> {
+  if (server) await checkListenPath(label, key, path);
+  else if (reconnectMs === undefined) await checkConnectPath(label, key, path, RECONNECT_HINT);
+  else await checkDirectory(label, key, path);
 }
 
 const RECONNECT_HINT = 'server=off connects to a listening socket; add reconnect=SECONDS to wait for it';
