@@ -3,13 +3,11 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgv } from '../../src/cli/argv.js';
 import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
+import { devicePlan } from './device-plan.js';
 import {
-  buildDevicePlan,
   checkHostResources,
-  DEVICE_OPTIONS,
   VIRTIO_DEVICE_ID,
   type DevicePlan,
   type ExportPlan,
@@ -24,15 +22,7 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function plan(argv: string[]): DevicePlan {
-  const args = parseArgv(argv, {
-    command: 'ringvm serve',
-    values: DEVICE_OPTIONS,
-    flags: [],
-    positionals: 'none',
-  });
-  return buildDevicePlan(args.options);
-}
+const plan = (argv: string[]): DevicePlan => devicePlan(argv);
 
 const netExport = (extra = '', id = 'e0', netdev = 'n0'): string[] => [
   '--export',

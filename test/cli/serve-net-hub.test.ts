@@ -14,8 +14,8 @@ import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
 import type { NetDeviceArgs } from '../../src/cli/device-factories.js';
 import { NetHubs } from '../../src/cli/net-hubs.js';
-import { DEVICE_OPTIONS, buildDevicePlan, type ExportPlan } from '../../src/cli/serve-options.js';
-import { parseArgv } from '../../src/cli/argv.js';
+import type { ExportPlan } from '../../src/cli/serve-options.js';
+import { devicePlan } from './device-plan.js';
 import { MiB, killGroup, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
 import { receiveFile, sendFile, upAndReach } from '../guest/net-peer-shell.js';
@@ -115,13 +115,7 @@ describe('--netdev hubport options', () => {
     netdevs.forEach((_, i) => {
       argv.push('--export', `type=vhost-user-net,id=e${i},netdev=n${i},addr.path=${sockets}/x${i}.sock`);
     });
-    const args = parseArgv(argv, {
-      command: 'ringvm serve',
-      values: DEVICE_OPTIONS,
-      flags: [],
-      positionals: 'none',
-    });
-    return buildDevicePlan(args.options);
+    return devicePlan(argv);
   };
 
   test('hubports with one hubid share a switch; each worker gets its port handle', async () => {

@@ -4,28 +4,15 @@ import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgv } from '../../src/cli/argv.js';
 import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
-import {
-  buildDevicePlan,
-  checkHostResources,
-  DEVICE_OPTIONS,
-  type DevicePlan,
-} from '../../src/cli/serve-options.js';
+import { devicePlan } from './device-plan.js';
+import { checkHostResources, type DevicePlan } from '../../src/cli/serve-options.js';
 
 let dir = '';
 let img = '';
 
-function plan(argv: string[], defaultSocketDir?: string): DevicePlan {
-  const args = parseArgv(argv, {
-    command: 'ringvm serve',
-    values: DEVICE_OPTIONS,
-    flags: [],
-    positionals: 'none',
-  });
-  return buildDevicePlan(args.options, defaultSocketDir === undefined ? {} : { defaultSocketDir });
-}
+const plan = devicePlan;
 
 async function planAndCheck(argv: string[]): Promise<DevicePlan> {
   const p = plan(argv);
