@@ -74,3 +74,22 @@ export function serveProcess(args: string[]): ServeProcess {
   };
   return { child, exit, out: () => out, err: () => err, listening, stop };
 }
+
+/**
+ * `node` arguments of `ringvm run` booting a UML guest whose eth0 is one net export on `netdev` (a --netdev value
+ * with id n0), the host directory `share` at /host, running `command`; `exportKeys` are more export keys.
+ */
+export function netGuestRunArgs(share: string, netdev: string, command: string, exportKeys = ''): string[] {
+  return [
+    mainJs,
+    'run',
+    '--share',
+    share,
+    '--netdev',
+    netdev,
+    '--export',
+    `type=vhost-user-net,id=e0,netdev=n0${exportKeys}`,
+    '--',
+    command,
+  ];
+}

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { MiB, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir, exited } from '../guest/net-export-rig.js';
 import { NetNamespace } from '../guest/net-namespace.js';
-import { compiled, mainJs } from './ringvm-process.js';
+import { compiled, netGuestRunArgs } from './ringvm-process.js';
 
 const GUEST_MS = 300_000;
 /** The namespace's uplink: passt hands the guest this address and gateway unless told otherwise. */
@@ -97,18 +97,7 @@ function guestCmd(tag: Tag): string {
 }
 
 function ringvmRun(tag: Tag, netdev: string): string[] {
-  return [
-    mainJs,
-    'run',
-    '--share',
-    dir,
-    '--netdev',
-    netdev,
-    '--export',
-    'type=vhost-user-net,id=e0,netdev=n0',
-    '--',
-    guestCmd(tag),
-  ];
+  return netGuestRunArgs(dir, netdev, guestCmd(tag));
 }
 
 function output(r: RunResult): string {

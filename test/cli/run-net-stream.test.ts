@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { MiB, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
 import { receiveFile, retry, sendFile, upAndReach } from '../guest/net-peer-shell.js';
-import { compiled, mainJs } from './ringvm-process.js';
+import { compiled, netGuestRunArgs } from './ringvm-process.js';
 
 const GUEST_MS = 300_000;
 const PREFIX = '10.97.0';
@@ -38,22 +38,7 @@ after(() => {
 
 /** `ringvm run` (UML) with eth0 on `netdev`, MAC `mac`, running `cmd` with the shared directory at /host. */
 function umlGuest(netdev: string, mac: string, cmd: string): Promise<RunResult> {
-  return run(
-    process.execPath,
-    [
-      mainJs,
-      'run',
-      '--share',
-      dir,
-      '--netdev',
-      netdev,
-      '--export',
-      `type=vhost-user-net,id=e0,netdev=n0,mac=${mac}`,
-      '--',
-      cmd,
-    ],
-    GUEST_MS,
-  );
+  return run(process.execPath, netGuestRunArgs(dir, netdev, cmd, `,mac=${mac}`), GUEST_MS);
 }
 
 /** Guest shell: mark `me` done pinging in /host, then wait (a minute at most, exit 7) for `peer`'s mark. */
