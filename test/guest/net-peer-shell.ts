@@ -24,21 +24,29 @@ export const FILE_PORT = 5000;
 export const DONE_PORT = 5001;
 
 /**
+ * Guest shell: accept one connection on `port` and write what arrives to `sink` (a shell pipeline tail such as
+ * `| md5sum > FILE`), ending when the peer closes. nc's stdin is a FIFO this shell holds open on fd `fd`: with
+ * stdin at /dev/null nc would half-close at once, and busybox's nc on the sending side stops sending when it sees
+ * that, so the data could be cut short.
+ */
+function listenOnce(port: number, sink: string, fd: number): string {
+  const hold = `/tmp/hold-${port}`;
+  return `mkfifo ${hold} && { nc -l -p ${port} < ${hold} ${sink} & } && exec ${fd}> ${hold} && wait $! && exec ${fd}>&-`;
+}
+
+/**
  * The receiver's half (after {@link upAndReach}): takes one file on {@link FILE_PORT}, prints `md5 SUM`, then
  * tells `sender` it may end (the sender's nc returns once the file is in its socket buffer, not at the peer).
- * nc's stdin is a FIFO this shell holds open: with stdin at /dev/null nc would half-close at once, and busybox's
- * nc on the sending side stops sending when it sees that.
  */
 export function receiveFile(sender: string): string {
   return [
-    'mkfifo /tmp/hold',
-    `{ nc -l -p ${FILE_PORT} < /tmp/hold | md5sum > /tmp/received.md5 & } && exec 3> /tmp/hold && wait $! && exec 3>&-`,
+    listenOnce(FILE_PORT, '| md5sum > /tmp/received.md5', 3),
     'echo "md5 $(cat /tmp/received.md5)"',
     retry(`echo done | nc ${sender} ${DONE_PORT}`, 8),
   ].join(' && ');
 }
 
-/** The sender's half: sends `file` to `receiver` (retrying until it listens), then waits for its word. */
+/** The sender's half: sends `file` to `receiver` (retrying until it listens), then waits for its `done`. */
 export function sendFile(receiver: string, file: string): string {
-  return `${retry(`nc ${receiver} ${FILE_PORT} < ${file}`, 8)} && nc -l -p ${DONE_PORT}`;
+  return `${retry(`nc ${receiver} ${FILE_PORT} < ${file}`, 8)} && ${listenOnce(DONE_PORT, '', 4)}`;
 }
