@@ -12,9 +12,10 @@
  * attaches, runs every phase, detaches and stops it; the best figure of the rounds is printed, and the median
  * and range of the per-round ratios (ringvm/QSD, and each server over that round's raw pass).
  * `RINGVM_BENCH_BASELINE=path/to/main.js` adds another ringvm build as a third server (and a "vs base" column).
- * `RINGVM_BENCH_POLL_NS=N` gives both servers the same adaptive polling window: `poll-max-ns=N` on ringvm's
- * export, and an iothread with `poll-max-ns=N` running qemu-storage-daemon's export (by default neither polls:
- * ringvm's export worker sleeps in epoll when idle, and QSD serves the export from its main loop).
+ * Everything runs twice, in each {@link POLL_MODES} entry: with interrupts only, and polled (the driver spins on
+ * the used ring after a kick, both servers poll their rings). `RINGVM_BENCH_POLL_NS=N` (both servers'
+ * `poll-max-ns`: ringvm's export option, an iothread's for qemu-storage-daemon) and/or
+ * `RINGVM_BENCH_CLIENT_POLL_NS=N` (the driver's `pollNs`) run one mode with those windows instead.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import {
@@ -30,7 +31,12 @@ import {
 } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VirtioBlkDriver, type BlkBuffer, type VirtioBlkDisk } from '../src/drivers/blk/blk-driver.js';
+import {
+  VirtioBlkDriver,
+  type BlkBuffer,
+  type VirtioBlkDisk,
+  type VirtioBlkDriverOptions,
+} from '../src/drivers/blk/blk-driver.js';
 import { VhostUserFrontend } from '../src/transport/vhost-user/frontend.js';
 import { VirtioBus } from '../src/virtio/driver/virtio-bus.js';
 import { ratioSpread } from './round-stats.js';
@@ -223,6 +229,7 @@ export async function runOne(
   s: Sizes,
   seed: number,
   phases: readonly Phase[] = PHASES,
+  driverOptions: VirtioBlkDriverOptions = {},
 ): Promise<Result> {
   const child = await startServer(argv, socket);
   try {
@@ -231,7 +238,7 @@ export async function runOne(
       connectTimeoutMs: 10_000,
     });
     const bus = new VirtioBus();
-    const driver = new VirtioBlkDriver();
+    const driver = new VirtioBlkDriver(driverOptions);
     await bus.registerDriver(driver);
     const dev = await bus.addDevice(frontend);
     try {
@@ -278,6 +285,7 @@ export async function runRounds(
   rounds: number,
   phases: readonly Phase[],
   afterRound: (round: number) => void = () => {},
+  driverOptions: VirtioBlkDriverOptions = {},
 ): Promise<Result[][]> {
   const results: Result[][] = servers.map(() => []);
   for (let round = 0; round < rounds; round++) {
@@ -286,7 +294,7 @@ export async function runRounds(
     for (const k of order) {
       const server = servers[k]!;
       const sock = join(work, `${server.name}.sock`);
-      results[k]!.push(await runOne(server.argv(sock), sock, s, round, phases));
+      results[k]!.push(await runOne(server.argv(sock), sock, s, round, phases, driverOptions));
     }
     afterRound(round);
   }
@@ -328,6 +336,40 @@ export function printTable(head: readonly string[], rows: readonly (readonly str
   for (const r of rows) console.log(line(r));
 }
 
+/**
+ * How the two ends wait for each other. `interrupts`: neither polls (ringvm's export sleeps in epoll when
+ * idle, QSD serves the export from its main loop, the driver waits for the call eventfd). `polled`: the driver
+ * spins on the used ring after each kick (`pollNs`), ringvm's export polls its rings (`poll-max-ns`), and QSD's
+ * export runs in an iothread with the same `poll-max-ns`.
+ */
+export interface PollMode {
+  readonly name: string;
+  /** poll-max-ns for both servers; undefined: no polling. */
+  readonly serverPollNs: number | undefined;
+  /** The driver's pollNs (0: interrupts only). */
+  readonly clientPollNs: number;
+}
+
+/** The polled mode's windows: long enough for a 1 MiB request (~110 µs here), short of a second's CPU. */
+export const POLL_MODES: readonly PollMode[] = [
+  { name: 'interrupts', serverPollNs: undefined, clientPollNs: 0 },
+  { name: 'polled', serverPollNs: 200_000, clientPollNs: 500_000 },
+];
+
+/** The modes to run: both, or the one that RINGVM_BENCH_POLL_NS / RINGVM_BENCH_CLIENT_POLL_NS describe. */
+function pollModes(): readonly PollMode[] {
+  const server = process.env.RINGVM_BENCH_POLL_NS;
+  const client = process.env.RINGVM_BENCH_CLIENT_POLL_NS;
+  if (server === undefined && client === undefined) return POLL_MODES;
+  return [
+    {
+      name: 'custom',
+      serverPollNs: server === undefined ? undefined : Number(server),
+      clientPollNs: client === undefined ? 0 : Number(client),
+    },
+  ];
+}
+
 export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promise<void> {
   const quick = options.quick === true;
   const rounds = Number(process.env.RINGVM_BENCH_ROUNDS ?? (quick ? 1 : 3));
@@ -339,77 +381,7 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
     const image = join(work, 'disk.img');
     // Fully allocated: every block written once with nonzero data.
     writeFilledImage(image, s.imageBytes);
-    const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
-    const pollNs = process.env.RINGVM_BENCH_POLL_NS;
-    const exportArgs = (sock: string, extra = '') => [
-      '--blockdev',
-      `driver=file,node-name=d0,filename=${image}`,
-      '--export',
-      `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on${extra}`,
-    ];
-    const ringvmArgs = (sock: string) =>
-      exportArgs(sock, pollNs === undefined ? '' : `,poll-max-ns=${pollNs}`);
-    const qsdArgs = (sock: string) =>
-      pollNs === undefined
-        ? exportArgs(sock)
-        : ['--object', `iothread,id=io0,poll-max-ns=${pollNs}`, ...exportArgs(sock, ',iothread=io0')];
-    // ringvm first, qemu-storage-daemon second: the ratios compare these two; more servers add columns.
-    const servers: BlkServer[] = [
-      { name: 'ringvm', argv: (sock: string) => [process.execPath, cli, 'serve', ...ringvmArgs(sock)] },
-      { name: 'qemu-sd', argv: (sock: string) => ['qemu-storage-daemon', ...qsdArgs(sock)] },
-    ];
-    const baseline = process.env.RINGVM_BENCH_BASELINE;
-    if (baseline !== undefined) {
-      servers.push({
-        name: 'baseline',
-        argv: (sock: string) => [process.execPath, baseline, 'serve', ...ringvmArgs(sock)],
-      });
-    }
-    /** raw[round][phase] */
-    const raw: Result[] = [];
-    const results = await runRounds(servers, work, s, rounds, PHASES, (round) =>
-      raw.push(measureRaw(image, s, round)),
-    );
-    console.log(
-      `\nHost-only vhost-user block I/O: ringvm's virtio-blk driver (zero-copy readInto/writeFrom) over ` +
-        `VhostUserFrontend, against ${servers.map((x) => x.name).join(', ')} (${s.imageBytes / MiB} MiB allocated ` +
-        `raw image, page-cached; ${rounds} rounds, figures = best round; per round = median [min–max] of each ` +
-        `round's ringvm/QSD, and of each server over that round's raw; raw = synchronous fs.readSync/writeSync ` +
-        `of the same file; polling: ${pollNs === undefined ? 'none' : `poll-max-ns=${pollNs} for both`}; ` +
-        `CPUs allowed ${cpusAllowed()}; load average ${loadavg()
-          .map((l) => l.toFixed(1))
-          .join(' ')})`,
-    );
-    const head = [
-      'phase',
-      ...servers.map((x) => x.name),
-      'raw host',
-      'ringvm/QSD',
-      'per round',
-      'ringvm/raw',
-      'per round',
-      'QSD/raw',
-      'per round',
-      ...(baseline === undefined ? [] : ['vs base']),
-    ];
-    const rows = PHASES.map((p, i) => {
-      const figures = results.map((r) => best(r, i));
-      const [a, b] = figures as [number, number];
-      const h = best(raw, i);
-      return [
-        `${p.label} (${p.unit})`,
-        ...figures.map((v) => fmt(v, p.unit)),
-        fmt(h, p.unit),
-        `${(a / b).toFixed(2)}×`,
-        perRoundRatios(results, i),
-        `${(a / h).toFixed(2)}×`,
-        overRaw(results[0]!, raw, i),
-        `${(b / h).toFixed(2)}×`,
-        overRaw(results[1]!, raw, i),
-        ...(figures[2] === undefined ? [] : [`${(a / figures[2]).toFixed(2)}×`]),
-      ];
-    });
-    printTable(head, rows);
+    for (const mode of pollModes()) await runPollMode(mode, image, work, s, rounds);
     console.log(
       'Targets: ringvm/QSD ≥ 1.0× on every line; ≥ 0.7× of raw for 1 MiB sequential (raw is one synchronous ' +
         'thread, so the QD 4 lines can pass it; raw writes end with fdatasync, as the servers end with FLUSH).',
@@ -417,4 +389,92 @@ export async function runVhostBlkBench(options: { quick?: boolean } = {}): Promi
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/** Every round of every phase against every server in one {@link PollMode}, and its table. */
+async function runPollMode(
+  mode: PollMode,
+  image: string,
+  work: string,
+  s: Sizes,
+  rounds: number,
+): Promise<void> {
+  const cli = new URL('../src/cli/main.js', import.meta.url).pathname;
+  const pollNs = mode.serverPollNs;
+  const exportArgs = (sock: string, extra = '') => [
+    '--blockdev',
+    `driver=file,node-name=d0,filename=${image}`,
+    '--export',
+    `type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=${sock},writable=on${extra}`,
+  ];
+  const ringvmArgs = (sock: string) => exportArgs(sock, pollNs === undefined ? '' : `,poll-max-ns=${pollNs}`);
+  const qsdArgs = (sock: string) =>
+    pollNs === undefined
+      ? exportArgs(sock)
+      : ['--object', `iothread,id=io0,poll-max-ns=${pollNs}`, ...exportArgs(sock, ',iothread=io0')];
+  // ringvm first, qemu-storage-daemon second: the ratios compare these two; more servers add columns.
+  const servers: BlkServer[] = [
+    { name: 'ringvm', argv: (sock: string) => [process.execPath, cli, 'serve', ...ringvmArgs(sock)] },
+    { name: 'qemu-sd', argv: (sock: string) => ['qemu-storage-daemon', ...qsdArgs(sock)] },
+  ];
+  const baseline = process.env.RINGVM_BENCH_BASELINE;
+  if (baseline !== undefined) {
+    servers.push({
+      name: 'baseline',
+      argv: (sock: string) => [process.execPath, baseline, 'serve', ...ringvmArgs(sock)],
+    });
+  }
+  /** raw[round][phase] */
+  const raw: Result[] = [];
+  const results = await runRounds(
+    servers,
+    work,
+    s,
+    rounds,
+    PHASES,
+    (round) => raw.push(measureRaw(image, s, round)),
+    { pollNs: mode.clientPollNs },
+  );
+  console.log(
+    `\nHost-only vhost-user block I/O, ${mode.name}: ringvm's virtio-blk driver (zero-copy readInto/writeFrom) ` +
+      `over VhostUserFrontend, against ${servers.map((x) => x.name).join(', ')} (${s.imageBytes / MiB} MiB ` +
+      `allocated raw image, page-cached; ${rounds} rounds, figures = best round; per round = median [min–max] ` +
+      `of each round's ringvm/QSD, and of each server over that round's raw; raw = synchronous ` +
+      `fs.readSync/writeSync of the same file; servers poll: ` +
+      `${pollNs === undefined ? 'no' : `poll-max-ns=${pollNs}`}; driver polls: ` +
+      `${mode.clientPollNs === 0 ? 'no' : `pollNs=${mode.clientPollNs}`}; CPUs allowed ${cpusAllowed()}; ` +
+      `load average ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')})`,
+  );
+  const head = [
+    'phase',
+    ...servers.map((x) => x.name),
+    'raw host',
+    'ringvm/QSD',
+    'per round',
+    'ringvm/raw',
+    'per round',
+    'QSD/raw',
+    'per round',
+    ...(baseline === undefined ? [] : ['vs base']),
+  ];
+  const rows = PHASES.map((p, i) => {
+    const figures = results.map((r) => best(r, i));
+    const [a, b] = figures as [number, number];
+    const h = best(raw, i);
+    return [
+      `${p.label} (${p.unit})`,
+      ...figures.map((v) => fmt(v, p.unit)),
+      fmt(h, p.unit),
+      `${(a / b).toFixed(2)}×`,
+      perRoundRatios(results, i),
+      `${(a / h).toFixed(2)}×`,
+      overRaw(results[0]!, raw, i),
+      `${(b / h).toFixed(2)}×`,
+      overRaw(results[1]!, raw, i),
+      ...(figures[2] === undefined ? [] : [`${(a / figures[2]).toFixed(2)}×`]),
+    ];
+  });
+  printTable(head, rows);
 }

@@ -64,6 +64,8 @@ import { UsageError } from '../../virtio/errors.js';
 import type { GuestAllocator } from '../../virtio/guest-allocator.js';
 import type { GuestMemory } from '../../virtio/guest-memory.js';
 
+const NS_PER_MS = 1e6;
+
 /** Largest data buffer of one request when the device sets no size_max. */
 export const BLK_DEFAULT_MAX_SEGMENT = 4 << 20;
 /**
@@ -127,6 +129,22 @@ export interface VirtioBlkDriverOptions {
   readonly maxQueues?: number;
   /** Ring size per queue (default: the device's maximum). */
   readonly queueSize?: number;
+  /**
+   * Polled completions (Linux's polled block I/O, io_uring IOPOLL): after each kick the driver spins on the
+   * used ring for up to this many nanoseconds, with the queue's interrupts suppressed, and completes what it
+   * finds there; only when the window passes with nothing used does it fall back to the interrupt. The spin
+   * holds the caller's event loop (at most this long per kick), so it pays off where a wake-up costs more than
+   * the spin: short requests on a device that answers within microseconds. Default 0: interrupts only.
+   */
+  readonly pollNs?: number;
+}
+
+/** What {@link VirtioBlkDriverOptions.pollNs} polling did on a disk. */
+export interface BlkPollStats {
+  /** Spins that found used requests (each one an interrupt not needed). */
+  hits: number;
+  /** Spins whose window passed with nothing used (the interrupt completes those requests). */
+  misses: number;
 }
 
 /** One request on a ring; also its token. */
@@ -167,13 +185,17 @@ export class VirtioBlkDisk {
   readonly #slotChunks: number[] = [];
   /** Buffers handed out by allocBuffer and not yet freed. */
   readonly #buffers = new WeakSet<BlkBuffer>();
+  /** The polling window after a kick, in ms (0: no polling). */
+  readonly #pollMs: number;
+  readonly pollStats: BlkPollStats = { hits: 0, misses: 0 };
 
   /** @internal made by the driver's probe */
-  constructor(dev: VirtioBusDevice, config: BlkConfig) {
+  constructor(dev: VirtioBusDevice, config: BlkConfig, pollNs = 0) {
     this.dev = dev;
     this.memory = dev.ops.memory;
     this.allocator = dev.ops.allocator;
     this.#config = config;
+    this.#pollMs = pollNs / NS_PER_MS;
   }
 
   get config(): BlkConfig {
@@ -551,8 +573,43 @@ export class VirtioBlkDisk {
     q.kickPending = true;
     queueMicrotask(() => {
       q.kickPending = false;
-      if (!q.vq.isBroken()) q.vq.kick();
+      if (q.vq.isBroken()) return;
+      q.vq.kick();
+      if (this.#pollMs > 0) this.#pollUsed(q);
     });
+  }
+
+  /**
+   * Spins on the used ring for the polling window with the queue's interrupts off and completes what arrives
+   * (Linux's virtblk_poll). Interrupts stay off while nothing is in flight, as the next request's kick polls
+   * again; with requests still on the ring (queue depth > 1, or a window that passed) they are turned back on,
+   * so every request completes whether or not anyone polls again.
+   */
+  #pollUsed(q: QueueState): void {
+    const vq = q.vq;
+    try {
+      vq.disableCb();
+      const deadline = performance.now() + this.#pollMs;
+      let found = 0;
+      for (;;) {
+        let used;
+        while ((used = vq.getBuf()) !== null) {
+          this.#complete(q, used.token);
+          found++;
+        }
+        if (found !== 0 || q.inFlight.size === 0 || performance.now() >= deadline) break;
+      }
+      if (found !== 0) this.pollStats.hits++;
+      else this.pollStats.misses++;
+      while (q.inFlight.size !== 0 && !vq.enableCb()) {
+        let used;
+        while ((used = vq.getBuf()) !== null) this.#complete(q, used.token);
+      }
+    } catch (e) {
+      this.#breakQueue(q, e);
+      return;
+    }
+    this.#drainBacklog(q);
   }
 
   #drainBacklog(q: QueueState): void {
@@ -649,6 +706,10 @@ export class VirtioBlkDriver implements VirtioDriver {
   readonly #options: VirtioBlkDriverOptions;
 
   constructor(options: VirtioBlkDriverOptions = {}) {
+    const pollNs = options.pollNs;
+    if (pollNs !== undefined && !(Number.isFinite(pollNs) && pollNs >= 0)) {
+      throw new BlkDriverError('INVALID_ARGUMENT', `pollNs ${pollNs} is not a non-negative number`, pollNs);
+    }
     this.#options = options;
   }
 
@@ -664,7 +725,7 @@ export class VirtioBlkDriver implements VirtioDriver {
 
   async probe(dev: VirtioBusDevice): Promise<void> {
     const config = await readBlkConfig(dev);
-    const disk = new VirtioBlkDisk(dev, config);
+    const disk = new VirtioBlkDisk(dev, config, this.#options.pollNs);
     const n = Math.min(config.numQueues, this.#options.maxQueues ?? 4);
     const size = this.#options.queueSize;
     const specs = Array.from({ length: n }, (_, i) => ({
