@@ -27,6 +27,7 @@ import { constants, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgv } from './argv.js';
+import { GuestWatchdog } from './guest-watchdog.js';
 import { CliUsageError } from './cli-error.js';
 import {
   firstClosed,
@@ -420,6 +421,8 @@ interface GuestLaunch {
    * while the guest console sends `\n`; QEMU's stdio keeps the terminal's output processing (OPOST).
    */
   readonly crlf: boolean;
+  /** UML's uml_dir: its helper processes carry it on their command line. */
+  readonly umlDir?: string;
 }
 
 function runScript(scripts: string, name: string, stdout: 'inherit' | 'pipe'): string {
@@ -464,6 +467,7 @@ function prepareGuest(plan: RunPlan, tmp: string, io: RunIo): GuestLaunch {
     name: 'linux.uml',
     env: { LD_PRELOAD: preload },
     crlf: true,
+    umlDir: join(tmp, 'uml'),
   };
 }
 
@@ -502,18 +506,19 @@ export async function runRun(argv: readonly string[], io: RunIo): Promise<number
         );
       }
     }
-    return await boot(plan, launch, io);
+    return await boot(plan, launch, tmp, io);
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
   }
 }
 
-async function boot(plan: RunPlan, launch: GuestLaunch, io: RunIo): Promise<number> {
+async function boot(plan: RunPlan, launch: GuestLaunch, tmp: string, io: RunIo): Promise<number> {
   const stop = stopSource({
     processSignals: io.processSignals ?? true,
     ...(io.signal !== undefined && { signal: io.signal }),
   });
   let running: RunningExport[] = [];
+  let watchdog: GuestWatchdog | undefined;
   try {
     try {
       running = await startExports(plan.devices, {
@@ -546,6 +551,16 @@ async function boot(plan: RunPlan, launch: GuestLaunch, io: RunIo): Promise<numb
       detached: !interactive,
       env: { ...process.env, ...launch.env },
     });
+    // If this process is killed outright, the watchdog stops the guest and removes `tmp` (guest-watchdog.ts).
+    watchdog =
+      child.pid === undefined
+        ? undefined
+        : GuestWatchdog.start({
+            pid: child.pid,
+            processGroup: !interactive,
+            ...(launch.umlDir !== undefined && { umlDir: launch.umlDir }),
+            tmp,
+          });
     const filter = new GuestConsoleFilter({
       out: (s) => {
         process.stdout.write(Buffer.from(s, 'latin1'));
@@ -625,6 +640,7 @@ async function boot(plan: RunPlan, launch: GuestLaunch, io: RunIo): Promise<numb
     }
     return status;
   } finally {
+    watchdog?.disarm();
     const problems = await stopExports(running);
     for (const p of problems) io.err(`ringvm: ${p}\n`);
     stop.dispose();

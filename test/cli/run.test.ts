@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CliUsageError } from '../../src/cli/cli-error.js';
 import { checkRunPlan, parseRunArgv, qemuCommandLine, umlCommandLine } from '../../src/cli/run.js';
 import { compiled, mainJs, ringvm } from './ringvm-process.js';
@@ -282,8 +282,76 @@ describe(
       assert.equal(readFileSync(hvc, 'utf8'), 'to-hvc\r\n'); // hvc0 is a tty: onlcr
       assert.equal(readFileSync(port, 'utf8'), 'to-port\n');
     });
+
+    test('killed outright (SIGKILL): the guest and its temporary directory go too (the watchdog)', async () => {
+      const child = spawn(
+        process.execPath,
+        [
+          mainJs,
+          'run',
+          '--blockdev',
+          'driver=memory,node-name=d0,size=16M',
+          '--export',
+          'type=vhost-user-blk,id=e0,node-name=d0',
+          '--',
+          'echo ringvm-guest-up; sleep 600',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const exited = new Promise((resolve) => child.once('close', resolve));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('ringvm-guest-up')) resolve();
+        });
+        child.once('close', () => {
+          reject(new Error(`ringvm run ended before the guest command ran:\n${out}\n${err}`));
+        });
+      });
+      const pid = child.pid as number;
+      const umlDir = umlDirOfChild(pid);
+      assert.ok(umlDir !== undefined, 'linux.uml runs as a child of ringvm, with a uml_dir');
+      assert.ok(processesWith('linux.uml', `uml_dir=${umlDir}`).length > 0);
+      process.kill(pid, 'SIGKILL');
+      await exited;
+      const deadline = Date.now() + 30_000;
+      while (
+        (processesWith('linux.uml', `uml_dir=${umlDir}`).length > 0 || existsSync(dirname(umlDir))) &&
+        Date.now() < deadline
+      ) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const left = processesWith('linux.uml', `uml_dir=${umlDir}`);
+      for (const p of left) process.kill(Number(p), 'SIGKILL');
+      assert.deepEqual(left, [], 'no process of the guest is left');
+      assert.ok(!existsSync(dirname(umlDir)), `${dirname(umlDir)} was removed`);
+    });
   },
 );
+
+/** The uml_dir of the linux.uml process whose parent is `ppid`, if there is one. */
+function umlDirOfChild(ppid: number): string | undefined {
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let stat: string;
+    let argv: string[];
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+    } catch {
+      continue; // gone
+    }
+    // Field 4 (after "pid (comm) state") is the parent's pid; comm may hold spaces, so split after the ')'.
+    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (parent !== ppid || !(argv[0] ?? '').endsWith('linux.uml')) continue;
+    const arg = argv.find((a) => a.startsWith('uml_dir='));
+    if (arg !== undefined) return arg.slice('uml_dir='.length);
+  }
+  return undefined;
+}
 
 /** The processes whose command line holds `tag` and that run `program` (not the ringvm command that names it). */
 function processesWith(program: string, tag: string): string[] {

@@ -105,6 +105,40 @@ describe('UML guest (scripts/guest)', { timeout: 30 * 60_000 }, () => {
     assert.deepEqual(processesWith(tag), [], 'linux.uml processes left behind');
   });
 
+  it('run-uml killed outright (SIGKILL): its watchdog takes the guest along', async () => {
+    const tag = `ringvm.testid=${process.pid}-${Date.now()}-kill`;
+    const child = spawn(script('run-uml'), ['--append', tag, '--', 'echo started; sleep 600'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('started')) resolve();
+      });
+      child.once('close', () => {
+        reject(new Error(`run-uml ended before the command ran:\n${out}\n${err}`));
+      });
+    });
+    // linux.uml's command line holds uml_dir (run-uml's own shells hold only the tag).
+    const umlDir = processesWith(tag)
+      .flatMap((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'))
+      .find((a) => a.startsWith('uml_dir='))
+      ?.slice('uml_dir='.length);
+    assert.ok(umlDir !== undefined, 'the guest has a uml_dir');
+    child.kill('SIGKILL');
+    const deadline = Date.now() + 30_000;
+    while ((processesWith(tag).length > 0 || existsSync(umlDir)) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const left = processesWith(tag);
+    for (const pid of left) process.kill(pid, 'SIGKILL');
+    assert.deepEqual(left, [], 'guest processes left behind');
+    assert.ok(!existsSync(umlDir), `${umlDir} was removed`);
+  });
+
   it('writes and reads a vhost-user-blk disk served by qemu-storage-daemon', async () => {
     const dir = mkdtempSync(join(work, 'blk-'));
     const img = join(dir, 'disk.img');
