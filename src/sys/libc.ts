@@ -11,19 +11,41 @@
  *
  * Nothing outside src/sys imports this file: callers use the typed wrappers, which throw {@link SysError}.
  */
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+import type * as Koffi from 'koffi';
 
 /** A native address: koffi 3 represents pointers as bigint. */
 export type Pointer = bigint;
 
-const lib = koffi.load('libc.so.6');
+type KoffiApi = typeof Koffi;
+type NativeFunction = (...args: unknown[]) => unknown;
 
-// Each declaration below narrows koffi's `(...args: any[]) => any` to the C prototype's exact signature.
-const declare = (prototype: string) => lib.func(prototype);
+// koffi (its native library, ~15 ms here) and libc load on the first call of any function below, not when this
+// module is imported: commands that never call into C (`ringvm img convert` of a qcow2 image, `--help`) start
+// without them. koffi is CommonJS, so a synchronous require loads it from here.
+const requireCjs = createRequire(import.meta.url);
+let koffiApi: KoffiApi | undefined;
+let libc: ReturnType<KoffiApi['load']> | undefined;
+
+function koffi(): KoffiApi {
+  return (koffiApi ??= requireCjs('koffi') as KoffiApi);
+}
+
+/**
+ * The C function of `prototype`, bound on its first call. Each declaration below narrows koffi's
+ * `(...args: any[]) => any` to the C prototype's exact signature.
+ */
+function declare(prototype: string): NativeFunction {
+  let bound: NativeFunction | undefined;
+  return (...args) => {
+    bound ??= (libc ??= koffi().load('libc.so.6')).func(prototype) as NativeFunction;
+    return bound(...args);
+  };
+}
 
 /** The calling thread's errno, as left by the last koffi call. */
 export function errno(): number {
-  return koffi.errno();
+  return koffi().errno();
 }
 
 export const close = declare('int close(int fd)') as (fd: number) => number;
@@ -141,8 +163,12 @@ export const epoll_ctl = declare('int epoll_ctl(int epfd, int op, int fd, void *
   fd: number,
   event: Pointer | null,
 ) => number;
-export const epoll_wait: (epfd: number, events: Pointer, maxevents: number, timeout: number) => number =
-  declare('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
+export const epoll_wait = declare('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (
+  epfd: number,
+  events: Pointer,
+  maxevents: number,
+  timeout: number,
+) => number;
 
 // ioctl is variadic; on x86-64 a non-variadic declaration passes the third argument in the same register. Two
 // prototypes: one for requests that take a pointer (TUNSETIFF's ifreq), one for those that take a value
