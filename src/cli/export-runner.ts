@@ -151,9 +151,10 @@ export interface StartExportsOptions {
 }
 
 /** An export that failed to start; the message names it. */
+/** An export, or a hub's uplink netdev, could not start. */
 export class ExportStartError extends Error {
   constructor(
-    readonly plan: ExportPlan,
+    readonly plan: ExportPlan | NetdevPlan,
     cause: unknown,
   ) {
     super(`${plan.label}: cannot start: ${cause instanceof Error ? cause.message : String(cause)}`, {
@@ -175,6 +176,22 @@ export async function startExports(
   const onLog = options.onLog;
   // The switches of hubport netdevs live on this thread; they close once every export on them has stopped.
   const hubs = new NetHubs(plan);
+  const uplinkFailure = await hubs.openUplinks(async (n) => {
+    // device-factories opens the same back ends in the export workers; only a plan with uplinks loads it here.
+    const { openNetBackends } = await import('./device-factories.js');
+    const args = netBackendArgs(n.kind === 'tap' ? { ...n, vnetHdr: false } : n, undefined);
+    const log =
+      onLog === undefined
+        ? undefined
+        : (line: string) => {
+            onLog(`[${n.id}] ${line}`);
+          };
+    return (await openNetBackends(args, log)).backends;
+  });
+  if (uplinkFailure !== undefined) {
+    await hubs.close();
+    throw new ExportStartError(uplinkFailure.netdev, uplinkFailure.cause);
+  }
   const onHubport = (e: ExportPlan): boolean =>
     e.type === 'vhost-user-net' && plan.netdevs.some((n) => n.id === e.netdev && n.kind === 'hubport');
   let onHubs = plan.exports.filter(onHubport).length;

@@ -7,24 +7,62 @@
 import { NetSwitch } from '../backends/net/net-switch.js';
 import type { SharedSwitchPort } from '../backends/net/switch-ports.js';
 import type { SwitchPortHandle } from '../backends/net/switch-port-backend.js';
-import type { DevicePlan } from './serve-options.js';
+import type { NetBackend } from '../devices/net/net-backend.js';
+import type { DevicePlan, HubportNetdevPlan, NetdevPlan } from './serve-options.js';
 
 export class NetHubs {
   readonly #switches = new Map<string, NetSwitch>();
   readonly #ports = new Map<string, SharedSwitchPort>();
   #closed: Promise<void> | undefined;
 
-  /** Makes the switches and ports of every hubport netdev in `plan` (none: an empty set). */
+  readonly #plan: DevicePlan;
+
+  /**
+   * Makes the switches of every hubport netdev in `plan` (none: an empty set) and the shared ports of those that
+   * an export uses; {@link openUplinks} plugs in the others.
+   */
   constructor(plan: DevicePlan) {
+    this.#plan = plan;
     for (const n of plan.netdevs) {
       if (n.kind !== 'hubport') continue;
-      let sw = this.#switches.get(n.hubid);
-      if (sw === undefined) {
-        sw = new NetSwitch();
-        this.#switches.set(n.hubid, sw);
-      }
-      this.#ports.set(n.id, sw.addSharedPort({ name: n.id }));
+      const sw = this.#hub(n.hubid);
+      if (n.uplink === undefined) this.#ports.set(n.id, sw.addSharedPort({ name: n.id }));
     }
+  }
+
+  #hub(hubid: string): NetSwitch {
+    let sw = this.#switches.get(hubid);
+    if (sw === undefined) {
+      sw = new NetSwitch();
+      this.#switches.set(hubid, sw);
+    }
+    return sw;
+  }
+
+  /**
+   * Opens the back end of every hubport's uplink (`netdev=`) with `open` and plugs it into its switch as a port
+   * named after the hubport. Returns the first failure (the netdev and why) after closing what it had opened;
+   * undefined when every uplink is in.
+   */
+  async openUplinks(
+    open: (netdev: Exclude<NetdevPlan, HubportNetdevPlan>) => Promise<readonly NetBackend[]>,
+  ): Promise<{ readonly netdev: NetdevPlan; readonly cause: unknown } | undefined> {
+    for (const n of this.#plan.netdevs) {
+      if (n.kind !== 'hubport' || n.uplink === undefined) continue;
+      const up = this.#plan.netdevs.find((x) => x.id === n.uplink);
+      if (up === undefined || up.kind === 'hubport') throw new Error(`internal: bad uplink ${n.uplink}`);
+      let backends: readonly NetBackend[];
+      try {
+        backends = await open(up);
+      } catch (cause) {
+        return { netdev: up, cause };
+      }
+      const [backend, ...extra] = backends;
+      for (const b of extra) await b.close();
+      if (backend === undefined) return { netdev: up, cause: new Error('it opened no back end') };
+      this.#hub(n.hubid).addBackend(backend, { name: n.id });
+    }
+    return undefined;
   }
 
   /** The switch of `hubid` (observe or filter its frames with `onFrame`), if the plan has one. */

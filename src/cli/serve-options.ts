@@ -20,7 +20,7 @@
  * --netdev stream,id=ID,addr.type=inet,addr.host=HOST,addr.port=PORT[,server=on|off][,reconnect=SECONDS]
  * --netdev passt,id=ID[,path=PASST][,address=IP][,gateway=IP][,ipv6=on|off][,tcp-ports=SPEC][,udp-ports=SPEC][,netns=NAME]
  * --netdev passt,id=ID,socket=PATH                                (a running passt)
- * --netdev hubport,id=ID,hubid=HUB                                (a port of in-process switch HUB)
+ * --netdev hubport,id=ID,hubid=HUB[,netdev=NETDEV]               (a port of in-process switch HUB)
  * --export type=vhost-user-net,id=ID,netdev=ID,addr.path=SOCK[,mac=MAC][,mtu=N][,queues=N][,offloads=on|off]
  * ```
  *
@@ -145,6 +145,12 @@ export interface PasstNetdevPlan extends NetdevCommon {
 export interface HubportNetdevPlan extends NetdevCommon {
   readonly kind: 'hubport';
   readonly hubid: string;
+  /**
+   * QEMU's `netdev=`: the id of a tap, stream or passt netdev plugged into the switch through this port (its
+   * uplink), instead of an export's net device. It carries plain frames: a tap uplink is opened without vnet
+   * headers.
+   */
+  readonly uplink: string | undefined;
 }
 
 export interface ConsolePortPlan {
@@ -338,6 +344,26 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
     netdevById.set(n.id, n);
   }
   const netdevUser = new Map<string, string>();
+  for (const n of netdevs) {
+    if (n.kind !== 'hubport' || n.uplink === undefined) continue;
+    const uplink = n.uplink;
+    const fail = (message: string): never => {
+      throw new CliUsageError(`${n.label}: netdev: ${message}`, uplink, {
+        option: '--netdev',
+        key: 'netdev',
+      });
+    };
+    const up = netdevById.get(uplink);
+    if (up === undefined) fail(`'${uplink}' is not a --netdev`);
+    else if (up.kind === 'hubport')
+      fail(`'${uplink}' is a hubport (a hub's uplink is a tap, stream or passt)`);
+    else if (up.queues > 1) fail(`${up.label} has queues=${up.queues}; a hub's uplink has one queue`);
+    const user = netdevUser.get(uplink);
+    if (user !== undefined) fail(`--netdev '${uplink}' is already the uplink of ${user}`);
+    netdevUser.set(uplink, n.label);
+    // The port itself is taken by its uplink (netExport refuses an export on it).
+    netdevUser.set(n.id, `its uplink --netdev '${uplink}'`);
+  }
 
   /** chardev id → the label of the port that uses it. */
   const chardevUser = new Map<string, string>();
@@ -466,8 +492,20 @@ export function buildDevicePlan(argv: readonly ArgvOption[], options: DevicePlan
   }
 
   for (const n of netdevs) {
+    if (n.kind !== 'hubport' || n.uplink === undefined) continue;
+    const hubid = n.hubid;
+    if (!netdevs.some((x) => x.kind === 'hubport' && x.hubid === hubid && x.uplink === undefined)) {
+      throw new CliUsageError(
+        `${n.label}: hubid=${hubid} has no port for an export (add --netdev hubport,id=...,hubid=${hubid} and an export on it)`,
+        hubid,
+        { option: '--netdev', key: 'hubid' },
+      );
+    }
+  }
+
+  for (const n of netdevs) {
     if (!netdevUser.has(n.id)) {
-      throw new CliUsageError(`${n.label}: not used by any --export type=vhost-user-net`, n.id, {
+      throw new CliUsageError(`${n.label}: not used by any --export type=vhost-user-net or hubport`, n.id, {
         option: '--netdev',
       });
     }
@@ -510,6 +548,12 @@ function netExport(
   const netdevId = o.string('netdev');
   const n = netdevById.get(netdevId);
   if (n === undefined) throw o.error(`'${netdevId}' is not a --netdev`, 'netdev');
+  if (n.kind === 'hubport' && n.uplink !== undefined) {
+    throw o.error(
+      `'${netdevId}' is the port of its uplink --netdev '${n.uplink}' (give the export a hubport of its own)`,
+      'netdev',
+    );
+  }
   const user = netdevUser.get(netdevId);
   if (user !== undefined)
     throw o.error(`--netdev '${netdevId}' is already the host side of ${user}`, 'netdev');
@@ -566,7 +610,8 @@ function netdev(o: KeyValueOptions): NetdevPlan {
       if (!HUB_ID.test(hubid)) {
         throw o.error(`'${hubid}' is not a hub id (1 to 64 letters, digits, '-', '.', '_')`, 'hubid');
       }
-      plan = { kind, id, hubid, queues: 1, vnetHdr: false, label: o.label };
+      const uplink = o.optionalString('netdev');
+      plan = { kind, id, hubid, uplink, queues: 1, vnetHdr: false, label: o.label };
       break;
     }
   }

@@ -49,7 +49,8 @@ Network back ends (host side of net exports):
   --netdev passt,id=ID[,address=IP][,gateway=IP][,ipv6=off][,tcp-ports=SPEC][,udp-ports=SPEC]
            [,netns=NAME][,path=PASST]                           user-mode networking (ringvm starts passt)
   --netdev passt,id=ID,socket=PATH                              a running passt's socket
-  --netdev hubport,id=ID,hubid=HUB                              a port of this process's switch HUB
+  --netdev hubport,id=ID,hubid=HUB[,netdev=UP]                 a port of this process's switch HUB
+                                                                (netdev=: tap/stream/passt UP as its uplink)
 Console ports:
   --device virtserialport,export=ID,chardev=ID,name=NAME        /dev/virtio-ports/NAME in the guest
   --device virtconsole,export=ID,chardev=ID[,name=NAME]         another console (hvc1...)

@@ -19,7 +19,7 @@ import { devicePlan } from './device-plan.js';
 import { MiB, killGroup, run, script, type RunResult } from '../guest/guest-harness.js';
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
 import { receiveFile, sendFile, upAndReach } from '../guest/net-peer-shell.js';
-import { compiled, mainJs } from './ringvm-process.js';
+import { compiled, mainJs, serveProcess } from './ringvm-process.js';
 
 const GUEST_MS = 300_000;
 const PREFIX = '10.96.0';
@@ -106,6 +106,47 @@ describe(
       }
       assert.equal(serve.exitCode, 0, `ringvm serve stopped cleanly on SIGTERM:\n${log}`);
     });
+
+    test('a hub uplink (netdev=) on a stream: a guest on the hub reaches a guest behind it', async () => {
+      // ringvm serve #1: guest A's export on hub 0, whose uplink is a stream server; ringvm serve #2: guest B's
+      // export on a stream client of that socket. A ↔ hub ↔ uplink ↔ stream ↔ B.
+      const [sa, sb, up] = [join(sockets, 'ua.sock'), join(sockets, 'ub.sock'), join(sockets, 'uplink.sock')];
+      const hub = serveProcess([
+        '--netdev',
+        'hubport,id=na,hubid=0',
+        '--netdev',
+        'hubport,id=nu,hubid=0,netdev=s0',
+        '--netdev',
+        `stream,id=s0,server=on,addr.type=unix,addr.path=${up}`,
+        '--export',
+        `type=vhost-user-net,id=ea,netdev=na,addr.type=unix,addr.path=${sa},mac=52:54:00:96:00:11`,
+      ]);
+      const peer = serveProcess([
+        '--netdev',
+        `stream,id=s1,addr.type=unix,addr.path=${up},reconnect=1`,
+        '--export',
+        `type=vhost-user-net,id=eb,netdev=s1,addr.type=unix,addr.path=${sb},mac=52:54:00:96:00:12`,
+      ]);
+      try {
+        await hub.listening(1);
+        await peer.listening(1);
+        const [a, b] = [`${PREFIX}.11`, `${PREFIX}.12`];
+        const [ra, rb] = await Promise.all([
+          uml(sa, `${upAndReach(a, b)} && ${receiveFile(b)}`),
+          uml(sb, `${upAndReach(b, a)} && ${sendFile(a, '/host/data.bin')}`),
+        ]);
+        const logs = `\nhub serve:\n${hub.out()}${hub.err()}\npeer serve:\n${peer.out()}${peer.err()}`;
+        assert.equal(ra.code, 0, output('guest A', ra) + logs);
+        assert.equal(rb.code, 0, output('guest B', rb) + logs);
+        assert.match(ra.stdout, /3 packets transmitted, 3 packets received/, output('guest A', ra));
+        assert.match(rb.stdout, /3 packets transmitted, 3 packets received/, output('guest B', rb));
+        assert.match(ra.stdout, new RegExp(`md5 ${dataMd5}`), `B → A over TCP\n${output('guest A', ra)}`);
+      } finally {
+        const [hubExit, peerExit] = await Promise.all([hub.stop(), peer.stop()]);
+        assert.equal(hubExit, 0, `the hub's ringvm serve stopped cleanly:\n${hub.err()}`);
+        assert.equal(peerExit, 0, `the peer's ringvm serve stopped cleanly:\n${peer.err()}`);
+      }
+    });
   },
 );
 
@@ -165,6 +206,85 @@ describe('--netdev hubport options', () => {
     usage('hubport,id=n0,hubid=a b', /'a b' is not a hub id/, 'hubid');
     usage('hubport,id=n0,hubid=', /must not be empty/, 'hubid');
     usage('hubport,id=n0,hubid=0,queues=2', /unknown key 'queues'/, 'queues');
-    usage('hubport,id=n0,hubid=0,netdev=n1', /unknown key 'netdev'/, 'netdev');
+  });
+
+  test('netdev= plugs a tap, stream or passt netdev in as the hub uplink', () => {
+    const p = devicePlan([
+      '--netdev',
+      'hubport,id=n0,hubid=0',
+      '--netdev',
+      'hubport,id=up0,hubid=0,netdev=s0',
+      '--netdev',
+      `stream,id=s0,server=on,addr.type=unix,addr.path=${sockets}/up.sock`,
+      '--export',
+      `type=vhost-user-net,id=e0,netdev=n0,addr.path=${sockets}/e0.sock`,
+    ]);
+    const up = p.netdevs.find((n) => n.id === 'up0');
+    assert.ok(up?.kind === 'hubport');
+    assert.equal(up.uplink, 's0');
+    assert.equal(p.exports.length, 1);
+  });
+
+  test('uplink mistakes name the option and the key', () => {
+    const usage = (argv: string[], re: RegExp, key: string) => {
+      assert.throws(
+        () => devicePlan(argv),
+        (e: unknown) => {
+          assert.ok(e instanceof CliUsageError, String(e));
+          assert.match(e.message, re);
+          assert.equal(e.key, key);
+          return true;
+        },
+      );
+    };
+    const exp = (netdev: string, i = 0) => [
+      '--export',
+      `type=vhost-user-net,id=e${i},netdev=${netdev},addr.path=${sockets}/u${i}.sock`,
+    ];
+    const stream = ['--netdev', `stream,id=s0,addr.type=unix,addr.path=${sockets}/peer.sock`];
+    const port = ['--netdev', 'hubport,id=n0,hubid=0'];
+    usage(
+      [...port, '--netdev', 'hubport,id=u,hubid=0,netdev=nope', ...exp('n0')],
+      /'nope' is not a --netdev/,
+      'netdev',
+    );
+    usage(
+      [...port, '--netdev', 'hubport,id=u,hubid=0,netdev=n0', ...exp('n0')],
+      /'n0' is a hubport/,
+      'netdev',
+    );
+    usage(
+      [...port, '--netdev', 'tap,id=t,queues=2', '--netdev', 'hubport,id=u,hubid=0,netdev=t', ...exp('n0')],
+      /queues=2; a hub's uplink has one queue/,
+      'netdev',
+    );
+    usage(
+      [...port, ...stream, '--netdev', 'hubport,id=u,hubid=0,netdev=s0', ...exp('n0'), ...exp('s0', 1)],
+      /'s0' is already the host side of|already the uplink/,
+      'netdev',
+    );
+    usage(
+      [
+        ...port,
+        ...stream,
+        '--netdev',
+        'hubport,id=u,hubid=0,netdev=s0',
+        '--netdev',
+        'hubport,id=v,hubid=0,netdev=s0',
+        ...exp('n0'),
+      ],
+      /'s0' is already the uplink of --netdev id=u/,
+      'netdev',
+    );
+    usage(
+      [...port, ...stream, '--netdev', 'hubport,id=u,hubid=0,netdev=s0', ...exp('n0'), ...exp('u', 1)],
+      /'u' is the port of its uplink --netdev 's0'/,
+      'netdev',
+    );
+    usage(
+      [...port, ...stream, '--netdev', 'hubport,id=u,hubid=9,netdev=s0', ...exp('n0')],
+      /hubid=9 has no port for an export/,
+      'hubid',
+    );
   });
 });
