@@ -24,7 +24,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { constants, promises as fs } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgv } from './argv.js';
 import { GuestWatchdog } from './guest-watchdog.js';
@@ -72,7 +72,7 @@ Run options:
                      ringvm console protocol for COMMAND (docs/guest.md)
   --root DIR         uml only: the guest root directory, booted on hostfs (default: scripts/guest/build-uml's,
                      built on first use); its /init must follow the ringvm console protocol for COMMAND
-  --mem SIZE         guest memory (default 256M)
+  --mem SIZE         guest memory (default 256M; at most the host's memory)
   --share DIR        host directory mounted at /host (read-write; uml: hostfs, qemu: virtio-9p); the command
                      runs there
   --rw               uml only: mount the root read-write (default read-only)
@@ -178,6 +178,14 @@ export function parseRunArgv(argv: readonly string[], socketDir: string): RunPla
         {
           option: '--mem',
         },
+      );
+    }
+    // UML and QEMU would both try (UML sets up page structures for all of it, for minutes): say so now.
+    if (bytes > totalmem()) {
+      throw new CliUsageError(
+        `--mem '${memText}': more than this host's ${Math.floor(totalmem() / (1 << 20))} MiB of memory`,
+        memText,
+        { option: '--mem' },
       );
     }
     mem = bytes;

@@ -164,6 +164,7 @@ describe('ringvm run: options', () => {
     ],
     [['--mem', 'lots'], /^--mem 'lots': expected a size/],
     [['--mem', '1M'], /^--mem '1M'/],
+    [['--mem', '1P'], /^--mem '1P': more than this host's \d+ MiB of memory/],
     [['--kernel', 'a', '--kernel', 'b'], /^--kernel given twice/],
     [['--append', 'a b'], /^--append 'a b': one kernel parameter/],
     [['--bogus'], /^ringvm run: unknown option '--bogus'/],
