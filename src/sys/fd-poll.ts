@@ -26,11 +26,23 @@ export interface FdEvents {
   readonly disconnect: boolean;
 }
 
-/** Calls `onEvent` on this thread's event loop whenever `fd` is readable or hung up, until closed. */
+/** What koffi's uv_poll wrapper passes its callback (koffi 3.3's typings declare only the events). */
+type PollCallback = (status: number, events: { readable: boolean; disconnect: boolean }) => void;
+
+/**
+ * Calls `onEvent` on this thread's event loop whenever `fd` is readable or hung up, until closed. A poll error
+ * (libuv's negative status, e.g. the fd was closed under the watch) is reported as a disconnect.
+ */
 export function watchReadable(fd: number, onEvent: (events: FdEvents) => void): FdWatch {
-  const handle = koffi.node.poll(fd, { readable: true, disconnect: true }, (ev) => {
-    onEvent({ readable: ev.readable, disconnect: ev.disconnect });
-  });
+  const callback: PollCallback = (status, events) => {
+    onEvent({ readable: events.readable, disconnect: events.disconnect || status < 0 });
+  };
+  const handle = koffi.node.poll(
+    fd,
+    { readable: true, disconnect: true },
+    // koffi calls back with (status, events), not the (events) its typings declare.
+    callback as unknown as Parameters<typeof koffi.node.poll>[1],
+  );
   let open = true;
   return {
     close() {
