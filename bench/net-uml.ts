@@ -9,7 +9,8 @@
  * guest runs ringvm-net-bench (scripts/guest/net-bench.c): guest → host TCP stream throughput (until the sink has
  * read every byte) and 1-byte TCP request/response with TCP_NODELAY, timed inside the guest. Each phase alternates
  * between the interfaces, the order swapping every round; the best round per interface counts, as in the block
- * bench. Ratio = ringvm / vector (higher is better for ringvm).
+ * bench. Ratio = ringvm / vector (higher is better for ringvm). `taskset -c N` on the whole run puts the guest,
+ * ringvm serve and the socat peers on one CPU (the header says which CPUs the run had).
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,11 +18,12 @@ import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { run, script } from '../test/guest/guest-harness.js';
 import { NetNamespace, ip, uniqueName } from '../test/guest/net-namespace.js';
+import { hostConditions } from './host-conditions.js';
 import { ratioSpread } from './round-stats.js';
 
 const STREAM_MIB = 512;
 const RR_COUNT = 10_000;
-const ROUNDS = positiveInt(process.env.RINGVM_BENCH_ROUNDS) ?? 3;
+const ROUNDS = positiveInt(process.env.RINGVM_BENCH_ROUNDS) ?? 5;
 const SINK_PORT = 5101;
 const ECHO_PORT = 5102;
 
@@ -107,6 +109,7 @@ async function waitForInterface(ifname: string, server: ChildProcess, stderr: ()
 }
 
 export async function runNetUmlBench(): Promise<void> {
+  const conditions = hostConditions();
   const build = await run(script('build-uml'), [], 20 * 60_000);
   if (build.code !== 0) throw new Error(`build-uml failed:\n${build.stderr}`);
   const work = mkdtempSync(join(tmpdir(), 'ringvm-bench-net-'));
@@ -168,7 +171,8 @@ export async function runNetUmlBench(): Promise<void> {
     console.log(
       `\nUML guest network I/O (ringvm-net-bench over TCP to a socat peer in a namespace): the guest's virtio_net ` +
         `on ringvm serve (tap back end) vs the same guest's UML vector driver on its own tap, one boot, phases ` +
-        `alternating, ${ROUNDS} rounds; figures = best round, ratio = ringvm / vector, per round = median [min–max]`,
+        `alternating, ${ROUNDS} rounds; figures = best round, ratio = ringvm / vector, per round = median [min–max]; ` +
+        `${conditions} at the start`,
     );
     console.log(
       `${'phase'.padEnd(28)}  ${'ringvm'.padStart(16)}  ${'vector'.padStart(16)}  ${'ratio'.padStart(6)}  ${'per round'.padStart(18)}`,

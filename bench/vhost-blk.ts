@@ -24,12 +24,11 @@ import {
   fdatasyncSync,
   mkdtempSync,
   openSync,
-  readFileSync,
   readSync,
   rmSync,
   writeSync,
 } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   VirtioBlkDriver,
@@ -39,6 +38,7 @@ import {
 } from '../src/drivers/blk/blk-driver.js';
 import { VhostUserFrontend } from '../src/transport/vhost-user/frontend.js';
 import { VirtioBus } from '../src/virtio/driver/virtio-bus.js';
+import { hostConditions } from './host-conditions.js';
 import { ratioSpread } from './round-stats.js';
 
 const MiB = 1 << 20;
@@ -312,16 +312,6 @@ export function perRoundRatios(results: readonly Result[][], phase: number, a = 
   return ratioSpread(perRound);
 }
 
-/**
- * The CPUs this process (and so the servers it starts) may run on, from /proc/self/status: `taskset -c 0 node
- * build/bench/main.js --vhost-only` puts the client, both servers and the raw pass on one CPU (see
- * docs/benchmarks.md for why that changes the QD 1 lines).
- */
-function cpusAllowed(): string {
-  const status = readFileSync('/proc/self/status', 'utf8');
-  return /^Cpus_allowed_list:\s*(\S+)/m.exec(status)?.[1] ?? 'unknown';
-}
-
 /** "median [min–max]" of one server's per-round figures of `phase` over that round's raw figure. */
 export function overRaw(rows: readonly Result[], raw: readonly Result[], phase: number): string {
   return ratioSpread(rows.map((r, round) => r[phase]! / raw[round]![phase]!));
@@ -442,10 +432,7 @@ async function runPollMode(
       `of each round's ringvm/QSD, and of each server over that round's raw; raw = synchronous ` +
       `fs.readSync/writeSync of the same file; servers poll: ` +
       `${pollNs === undefined ? 'no' : `poll-max-ns=${pollNs}`}; driver polls: ` +
-      `${mode.clientPollNs === 0 ? 'no' : `pollNs=${mode.clientPollNs}`}; CPUs allowed ${cpusAllowed()}; ` +
-      `load average ${loadavg()
-        .map((l) => l.toFixed(1))
-        .join(' ')})`,
+      `${mode.clientPollNs === 0 ? 'no' : `pollNs=${mode.clientPollNs}`}; ${hostConditions()})`,
   );
   const head = [
     'phase',
