@@ -145,7 +145,7 @@ export const sequential = (write: boolean, depth: number): Phase => ({
   },
 });
 
-const PHASES: readonly Phase[] = [
+const ALL_PHASES: readonly Phase[] = [
   random4k(false, 1),
   random4k(false, 32),
   sequential(false, 1),
@@ -153,6 +153,22 @@ const PHASES: readonly Phase[] = [
   sequential(false, 4),
   sequential(true, 4),
 ];
+/**
+ * The phases to run: all, or those whose label contains one of `RINGVM_BENCH_PHASES`'s `|`-separated parts
+ * (`RINGVM_BENCH_PHASES='sequential read, QD 4|random read, QD 1'`: many rounds of a few lines in the time of
+ * a full run).
+ */
+const PHASES: readonly Phase[] = selectPhases(ALL_PHASES, process.env.RINGVM_BENCH_PHASES);
+
+function selectPhases(all: readonly Phase[], filter: string | undefined): readonly Phase[] {
+  if (filter === undefined || filter.trim() === '') return all;
+  const parts = filter.split('|').map((p) => p.trim());
+  const chosen = all.filter((p) => parts.some((part) => part !== '' && p.label.includes(part)));
+  if (chosen.length === 0) {
+    throw new Error(`RINGVM_BENCH_PHASES=${filter} matches none of: ${all.map((p) => p.label).join('; ')}`);
+  }
+  return chosen;
+}
 export type Result = number[];
 
 export function rng(seed: number): (n: number) => number {
