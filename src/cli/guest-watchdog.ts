@@ -66,11 +66,6 @@ export class GuestWatchdog {
     return new GuestWatchdog(child);
   }
 
-  /** The watchdog's pid (for tests). */
-  get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
   /** The guest was stopped by ringvm itself: the watchdog goes without acting. */
   disarm(): void {
     if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill('SIGKILL');

@@ -2,7 +2,8 @@
  * `NetHubs`: the in-process switches of a {@link DevicePlan}'s `--netdev hubport` netdevs — one
  * {@link NetSwitch} per hubid, on the thread that starts the exports (the main thread of `ringvm serve`/`run`),
  * and one shared port per hubport, whose handle goes to the export's worker (device-factories.ts builds a
- * SwitchPortBackend from it).
+ * SwitchPortBackend from it) — or, for a hubport with `netdev=`, its uplink: that netdev's back end opened on this
+ * thread and plugged in as a back-end port.
  */
 import { NetSwitch } from '../backends/net/net-switch.js';
 import type { SharedSwitchPort } from '../backends/net/switch-ports.js';
@@ -41,8 +42,8 @@ export class NetHubs {
 
   /**
    * Opens the back end of every hubport's uplink (`netdev=`) with `open` and plugs it into its switch as a port
-   * named after the hubport. Returns the first failure (the netdev and why) after closing what it had opened;
-   * undefined when every uplink is in.
+   * named after the hubport. Returns the first failure (the netdev and why; {@link close} then closes the
+   * uplinks already plugged in, with their switches), or undefined when every uplink is in.
    */
   async openUplinks(
     open: (netdev: Exclude<NetdevPlan, HubportNetdevPlan>) => Promise<readonly NetBackend[]>,
