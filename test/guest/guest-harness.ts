@@ -28,32 +28,14 @@ export interface RunResult {
   ms: number;
 }
 
-/**
- * How Debian's UML 6.1 kernel reports the panic it sometimes hits when two guests talk over a fast in-process
- * link ("bad: scheduling from the idle thread!" then "Segfault with no mm" in a kworker; see docs/guest.md):
- * a panicked linux.uml does not exit, so a test stops it on this line instead of waiting for its timeout.
- */
-export const UML_PANIC = /Kernel panic - not syncing/;
-
-/**
- * Runs a script in its own process group; on timeout the whole group (linux.uml and its helpers) is killed, and
- * so it is as soon as its output matches `stopOn` (then it resolves with what it printed).
- */
-export function run(
-  file: string,
-  args: string[],
-  timeoutMs: number,
-  options: { readonly stopOn?: RegExp } = {},
-): Promise<RunResult> {
+/** Runs a script in its own process group; on timeout the whole group (linux.uml and its helpers) is killed. */
+export function run(file: string, args: string[], timeoutMs: number): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const start = Date.now();
     const child = spawn(file, args, { cwd: root, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-      if (options.stopOn?.test(stdout) === true) killGroup(child);
-    });
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const timer = setTimeout(() => {
       killGroup(child);

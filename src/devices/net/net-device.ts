@@ -32,7 +32,8 @@
  * With no room, receive is paused at the back end and the device waits for the driver to add buffers
  * (`enableNotificationForNew`). Frames are filtered in the device ({@link NetRxFilter}: MAC table, promiscuous,
  * all-multicast, VLANs) after they landed in the buffers, which are reused when a frame is refused. Used
- * elements are published every {@link RX_PUBLISH_BATCH} frames and at the end of each pass.
+ * elements are published every {@link RX_PUBLISH_BATCH} frames and at the end of each pass. A pass takes at most
+ * {@link RX_BUDGET} frames; one that stops there with frames left runs again on the next turn of the event loop.
  *
  * Hostile input (item 20): a refused transmit frame is dropped and a refused control command answered
  * VIRTIO_NET_ERR (net-errors.ts), both counted in `stats.errors` by code; a broken ring (a `QueueError`) is a
@@ -43,6 +44,7 @@ import { GuestFault, UsageError } from '../../virtio/errors.js';
 import { VirtioFeature, featureSet, hasFeature } from '../../virtio/features.js';
 import type { DescriptorChain } from '../../virtio/split/descriptor-chain.js';
 import type { SplitQueue } from '../../virtio/split/split-queue.js';
+import { nextTurn } from '../next-turn.js';
 import { NetBackendError, type NetBackend, type NetBackendEvents } from './net-backend.js';
 import { NET_DEFAULT_MTU, NetConfig, parseMac } from './net-config.js';
 import { executeNetCtrl, type NetCtrlFeatures, type NetCtrlTarget } from './net-ctrl.js';
@@ -172,6 +174,8 @@ interface RxPair {
   draining: boolean;
   /** Drain requests made while draining (a back end calling readable() from inside receive): run again. */
   requests: number;
+  /** A pass stopped at RX_BUDGET with frames left: another is due on the next turn of the event loop. */
+  continuing: boolean;
 }
 
 interface TxPair {
@@ -267,6 +271,7 @@ export class NetDevice implements VirtioDevice {
       waiting: false,
       draining: false,
       requests: 0,
+      continuing: false,
     }));
     this.#tx = Array.from({ length: pairs }, () => ({ held: null }));
     this.stats = {
@@ -649,9 +654,10 @@ export class NetDevice implements VirtioDevice {
       return;
     }
     let sincePublish = 0;
+    let budget = RX_BUDGET;
     try {
       queue.disableNotification();
-      for (let budget = RX_BUDGET; budget > 0; budget--) {
+      for (; budget > 0; budget--) {
         const pending = backend.pendingLength();
         if (pending === 0) break;
         const need = pending > 0 ? pending + (this.vnetHdr ? 0 : NET_HDR_SIZE) : negotiated.rxMaxNeed;
@@ -685,6 +691,19 @@ export class NetDevice implements VirtioDevice {
     // again for every small frame was a third of the worker's time per request/response exchange.
     // `quiesce` gives them back before a ring's state is read.
     this.#publish(queue, queueIndex);
+    // Out of budget with frames perhaps still pending. The back end's `readable` is edge-triggered (it fires
+    // again only after receive or pendingLength said 0) and the driver does not kick a receive queue whose
+    // notifications are off, so nothing else would restart this pass: it continues on the next turn.
+    if (budget === 0) this.#continueRx(pair, rx);
+  }
+
+  #continueRx(pair: number, rx: RxPair): void {
+    if (rx.continuing) return;
+    rx.continuing = true;
+    nextTurn(() => {
+      rx.continuing = false;
+      this.#drainRx(pair);
+    });
   }
 
   /**

@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NetDevice } from '../../../src/devices/net/net-device.js';
+import { NetDevice, RX_BUDGET } from '../../../src/devices/net/net-device.js';
 import type { NetBackendEvents } from '../../../src/devices/net/net-backend.js';
 import {
   NET_CONFIG_MAC,
@@ -341,6 +341,27 @@ describe('NetDevice: receive', () => {
       [84],
       'the next frame lands in the buffer after the first',
     );
+    assert.deepEqual(s.faults, []);
+  });
+
+  test('more frames pending than one pass takes (RX_BUDGET): the rest follow with no kick and no new readable()', async () => {
+    // A back end with a backlog calls readable() once (edge-triggered), and the driver does not kick a queue
+    // whose buffers are plentiful: stopping at the budget without coming back left frames stranded.
+    const total = 2 * RX_BUDGET + 17;
+    const s = await setupNet({ device: { queueSize: 1024 }, featureTable: WITHOUT_MRG });
+    const backend = s.backends[0] as MemoryNetBackend;
+    s.client.postRx(0, total, NET_HDR_SIZE + 1518);
+    await settle();
+    const frames = Array.from({ length: total }, (_, i) => ethFrame(MAC, PEER, 46 + i));
+    backend.inject(...frames);
+    for (let i = 0; i < 10 && (s.client.rxUsed[0]?.length ?? 0) < total; i++) await settle();
+    assert.equal(backend.inbox.length, 0, 'every frame taken from the back end');
+    assert.deepEqual(
+      s.client.frames(0).map((f) => f.frame),
+      frames,
+      'in order',
+    );
+    assert.equal(s.device.stats.rxStalls, 0);
     assert.deepEqual(s.faults, []);
   });
 
