@@ -19,8 +19,9 @@
  * 4. With a COMMAND: its output (the boot messages are hidden unless --verbose, or shown on stderr if the guest
  *    never got to the command), exit status = the command's (125 if the guest ended without reporting one).
  *    Without: an interactive shell on this terminal; exit status = the shell's.
- * 5. SIGINT/SIGTERM: the guest is stopped (SIGTERM to the engine, SIGKILL to its process group after 5 s), then
- *    the exports; exit status 130/143. When the guest ends, the exports are stopped.
+ * 5. SIGINT/SIGTERM: the guest is stopped (SIGTERM to the engine, SIGKILL to its process group after 5 s; a
+ *    command-mode UML guest gets SIGKILL at once), then the exports; exit status 130/143. When the guest ends,
+ *    the exports are stopped.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { constants, promises as fs } from 'node:fs';
@@ -596,9 +597,9 @@ async function boot(plan: RunPlan, launch: GuestLaunch, tmp: string, io: RunIo):
       },
     );
 
-    // SIGTERM goes to the engine itself (linux.uml's handler kills its helper processes and exits; QEMU stops its
-    // devices, disconnecting from the exports, and exits); SIGKILL, if it comes to that, to its whole process
-    // group.
+    // SIGTERM goes to the engine itself (QEMU stops its devices, disconnecting from the exports, and exits;
+    // linux.uml's handler kills its helper processes and exits, when it does not panic); SIGKILL to its whole
+    // process group.
     const kill = (signal: NodeJS.Signals): void => {
       if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
       try {
@@ -637,7 +638,11 @@ async function boot(plan: RunPlan, launch: GuestLaunch, tmp: string, io: RunIo):
         io.err(`ringvm: ${event.r.plan.label}: stopped unexpectedly; stopping the guest\n`);
       // What the guest prints while dying (UML's SIGTERM handler, a panic) is not the command's output.
       if (!plan.guest.verbose) child.stdout.removeAllListeners('data').resume();
-      kill('SIGTERM');
+      // A command-mode UML guest is killed outright, helpers and all: linux.uml's SIGTERM handler (6.1,
+      // last_ditch_exit) removes its virtio_uml devices from the idle thread, which may not sleep, so it panics and
+      // sometimes hangs. An interactive one gets SIGTERM, which gives the terminal back from raw mode when it works.
+      const outright = launch.umlDir !== undefined && !interactive;
+      kill(outright ? 'SIGKILL' : 'SIGTERM');
       const timer = setTimeout(() => {
         kill('SIGKILL');
       }, KILL_AFTER_MS);

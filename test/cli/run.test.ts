@@ -284,6 +284,52 @@ describe(
       assert.equal(readFileSync(port, 'utf8'), 'to-port\n');
     });
 
+    test('SIGINT during a long command: the guest is killed outright (no UML SIGTERM panic), status 130, nothing left', async () => {
+      // linux.uml's own SIGTERM handler panics with a virtio-net device attached ("bad: scheduling from the idle
+      // thread!"); --verbose shows what the guest prints while it goes.
+      const child = spawn(
+        process.execPath,
+        [
+          mainJs,
+          'run',
+          '--verbose',
+          '--netdev',
+          'hubport,id=n0,hubid=0',
+          '--export',
+          'type=vhost-user-net,id=e0,netdev=n0',
+          '--',
+          'ip link set eth0 up && echo ringvm-guest-up; sleep 600',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('ringvm-guest-up')) resolve();
+        });
+        child.once('close', () => {
+          reject(new Error(`ringvm run ended before the guest command ran:\n${out}\n${err}`));
+        });
+      });
+      const umlDir = umlDirOfChild(child.pid as number);
+      assert.ok(umlDir !== undefined, 'linux.uml runs as a child of ringvm, with a uml_dir');
+      // The panic needs an idle guest (the handler then runs on the idle thread): let it settle into its sleep.
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      child.kill('SIGINT');
+      const status = await exited;
+      assert.equal(status, 130, err);
+      assert.doesNotMatch(out + err, /Kernel panic|scheduling from the idle thread/);
+      assert.deepEqual(
+        processesWith('linux.uml', `uml_dir=${umlDir}`),
+        [],
+        'no process of the guest is left',
+      );
+    });
+
     test('killed outright (SIGKILL): the guest and its temporary directory go too (the watchdog)', async () => {
       const child = spawn(
         process.execPath,
