@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
 import { devicePlan } from './device-plan.js';
 import {
@@ -13,6 +12,7 @@ import {
   type ExportPlan,
 } from '../../src/cli/serve-options.js';
 import { qemuCommandLine, umlCommandLine, parseRunArgv } from '../../src/cli/run.js';
+import { isUsageError, throwsUsageError } from './usage-error.js';
 
 let dir = '';
 before(() => {
@@ -30,16 +30,7 @@ const netExport = (extra = '', id = 'e0', netdev = 'n0'): string[] => [
 ];
 
 function usageError(argv: string[], pattern: RegExp, option: string, key?: string): void {
-  assert.throws(
-    () => plan(argv),
-    (e: unknown) => {
-      assert.ok(e instanceof CliUsageError, String(e));
-      assert.match(e.message, pattern);
-      assert.equal(e.option, option);
-      if (key !== undefined) assert.equal(e.key, key);
-      return true;
-    },
-  );
+  throwsUsageError(() => plan(argv), pattern, { option, key });
 }
 
 describe('--netdev and --export type=vhost-user-net', () => {
@@ -307,12 +298,7 @@ describe('--netdev and --export type=vhost-user-net', () => {
 
   test('host checks: a stream client or passt socket must exist (unless the client reconnects)', async () => {
     const check = async (argv: string[], pattern: RegExp, key: string): Promise<void> => {
-      await assert.rejects(checkHostResources(plan(argv)), (e: unknown) => {
-        assert.ok(e instanceof CliUsageError, String(e));
-        assert.match(e.message, pattern);
-        assert.equal(e.key, key);
-        return true;
-      });
+      await assert.rejects(checkHostResources(plan(argv)), (e: unknown) => isUsageError(e, pattern, { key }));
     };
     await check(
       ['--netdev', `stream,id=n0,addr.type=unix,addr.path=${dir}/none.sock`, ...netExport()],

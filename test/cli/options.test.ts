@@ -1,19 +1,8 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CliUsageError } from '../../src/cli/cli-error.js';
 import { parseKeyValue, parseSize, splitItems } from '../../src/cli/options.js';
 import { parseArgv } from '../../src/cli/argv.js';
-
-function usageError(fn: () => unknown, message: RegExp, where: { option?: string; key?: string } = {}): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof CliUsageError, `expected CliUsageError, got ${String(e)}`);
-    assert.equal(e.code, 'CLI_USAGE');
-    assert.match(e.message, message);
-    if (where.option !== undefined) assert.equal(e.option, where.option);
-    if (where.key !== undefined) assert.equal(e.key, where.key);
-    return true;
-  });
-}
+import { throwsUsageError } from './usage-error.js';
 
 describe('key=value options', () => {
   test('splitItems: single commas separate, ",," is a literal comma', () => {
@@ -41,36 +30,40 @@ describe('key=value options', () => {
   });
 
   test('bare words elsewhere, or without an implied key, are errors naming the option', () => {
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--export', 'vhost-user-blk,id=e0'),
       /--export vhost-user-blk,id=e0: expected key=value, got 'vhost-user-blk'/,
       {
         option: '--export',
       },
     );
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--chardev', 'socket,id=c0,server', { impliedKey: 'backend' }),
       /expected key=value, got 'server' \(did you mean server=on\?\)/,
     );
   });
 
   test('malformed items: empty argument, stray comma, bad key, duplicate key', () => {
-    usageError(() => parseKeyValue('--blockdev', ''), /--blockdev: expected key=value/);
-    usageError(() => parseKeyValue('--blockdev', 'driver=file,'), /empty item/);
+    throwsUsageError(() => parseKeyValue('--blockdev', ''), /--blockdev: expected key=value/);
+    throwsUsageError(() => parseKeyValue('--blockdev', 'driver=file,'), /empty item/);
     assert.equal(parseKeyValue('--blockdev', 'driver=file,,').string('driver'), 'file,');
-    usageError(() => parseKeyValue('--blockdev', ',driver=file'), /empty item/);
-    usageError(() => parseKeyValue('--blockdev', '=x'), /invalid key ''/);
-    usageError(() => parseKeyValue('--blockdev', 'a b=x'), /invalid key 'a b'/);
-    usageError(() => parseKeyValue('--blockdev', 'driver=file,driver=memory'), /key 'driver' given twice/, {
-      option: '--blockdev',
-      key: 'driver',
-    });
+    throwsUsageError(() => parseKeyValue('--blockdev', ',driver=file'), /empty item/);
+    throwsUsageError(() => parseKeyValue('--blockdev', '=x'), /invalid key ''/);
+    throwsUsageError(() => parseKeyValue('--blockdev', 'a b=x'), /invalid key 'a b'/);
+    throwsUsageError(
+      () => parseKeyValue('--blockdev', 'driver=file,driver=memory'),
+      /key 'driver' given twice/,
+      {
+        option: '--blockdev',
+        key: 'driver',
+      },
+    );
   });
 
   test('empty values are values', () => {
     const o = parseKeyValue('--export', 'serial=');
     assert.equal(o.optionalString('serial'), '');
-    usageError(() => parseKeyValue('--export', 'id=').string('id'), /id: must not be empty/);
+    throwsUsageError(() => parseKeyValue('--export', 'id=').string('id'), /id: must not be empty/);
   });
 
   test('booleans: on/off, true/false, yes/no; fallback when absent', () => {
@@ -80,7 +73,7 @@ describe('key=value options', () => {
       [true, false, true, false, true, false, true],
     );
     assert.equal(o.bool('missing', true), true);
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--export', 'id=e0,writable=1').bool('writable', false),
       /writable: expected on or off, got '1'/,
       {
@@ -102,7 +95,7 @@ describe('key=value options', () => {
     assert.equal(parseSize('M'), undefined);
     assert.equal(parseSize('-1'), undefined);
     assert.equal(parseSize('1X'), undefined);
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--blockdev', 'size=lots').optionalSize('size'),
       /size: expected a size in bytes/,
     );
@@ -113,11 +106,11 @@ describe('key=value options', () => {
     o.identifyBy('id');
     assert.equal(o.optionalInteger('num-queues', 1, 16), 4);
     assert.equal(o.optionalInteger('absent', 1, 16), undefined);
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--export', 'num-queues=0').optionalInteger('num-queues', 1, 65535),
       /num-queues: expected an integer from 1 to 65535, got '0'/,
     );
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--export', 'num-queues=2x').optionalInteger('num-queues', 1, 9),
       /got '2x'/,
     );
@@ -127,11 +120,14 @@ describe('key=value options', () => {
     const o = parseKeyValue('--export', 'type=vhost-user-blk');
     assert.equal(o.choice('type', ['vhost-user-blk', 'vhost-user-rng']), 'vhost-user-blk');
     assert.equal(o.choice('addr.type', ['unix'], 'unix'), 'unix');
-    usageError(
+    throwsUsageError(
       () => parseKeyValue('--export', 'type=nbd').choice('type', ['vhost-user-blk']),
       /type: 'nbd' is not one of vhost-user-blk/,
     );
-    usageError(() => parseKeyValue('--export', 'id=e0').choice('type', ['vhost-user-blk']), /type: missing/);
+    throwsUsageError(
+      () => parseKeyValue('--export', 'id=e0').choice('type', ['vhost-user-blk']),
+      /type: missing/,
+    );
   });
 
   test('messages name the option by its id once identified', () => {
@@ -139,7 +135,7 @@ describe('key=value options', () => {
     o.identifyBy('id');
     o.string('type');
     o.string('id');
-    usageError(
+    throwsUsageError(
       () => {
         o.finish();
       },
@@ -172,9 +168,9 @@ describe('subcommand argv', () => {
   });
 
   test('errors name the option', () => {
-    usageError(() => parseArgv(['--blockdev'], spec), /ringvm test: --blockdev needs a value/);
-    usageError(() => parseArgv(['--nope'], spec), /ringvm test: unknown option '--nope'/);
-    usageError(() => parseArgv(['--rw=1'], spec), /--rw takes no value/);
-    usageError(() => parseArgv(['x'], { ...spec, positionals: 'none' }), /unexpected argument 'x'/);
+    throwsUsageError(() => parseArgv(['--blockdev'], spec), /ringvm test: --blockdev needs a value/);
+    throwsUsageError(() => parseArgv(['--nope'], spec), /ringvm test: unknown option '--nope'/);
+    throwsUsageError(() => parseArgv(['--rw=1'], spec), /--rw takes no value/);
+    throwsUsageError(() => parseArgv(['x'], { ...spec, positionals: 'none' }), /unexpected argument 'x'/);
   });
 });

@@ -10,7 +10,6 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CliUsageError } from '../../src/cli/cli-error.js';
 import { exportFactoryRef } from '../../src/cli/export-runner.js';
 import type { NetDeviceArgs } from '../../src/cli/device-factories.js';
 import { NetHubs } from '../../src/cli/net-hubs.js';
@@ -20,6 +19,7 @@ import { MiB, killGroup, run, script, type RunResult } from '../guest/guest-harn
 import { makeNetGuestDir } from '../guest/net-export-rig.js';
 import { receiveFile, sendFile, upAndReach } from '../guest/net-peer-shell.js';
 import { compiled, mainJs, serveProcess } from './ringvm-process.js';
+import { throwsUsageError } from './usage-error.js';
 
 const GUEST_MS = 300_000;
 const PREFIX = '10.96.0';
@@ -191,16 +191,7 @@ describe('--netdev hubport options', () => {
 
   test('mistakes name the option and the key', () => {
     const usage = (netdev: string, re: RegExp, key: string) => {
-      assert.throws(
-        () => plan(netdev),
-        (e: unknown) => {
-          assert.ok(e instanceof CliUsageError, String(e));
-          assert.match(e.message, re);
-          assert.equal(e.option, '--netdev');
-          assert.equal(e.key, key);
-          return true;
-        },
-      );
+      throwsUsageError(() => plan(netdev), re, { option: '--netdev', key });
     };
     usage('hubport,id=n0', /hubid/, 'hubid');
     usage('hubport,id=n0,hubid=a b', /'a b' is not a hub id/, 'hubid');
@@ -226,16 +217,8 @@ describe('--netdev hubport options', () => {
   });
 
   test('uplink mistakes name the option and the key', () => {
-    const usage = (argv: string[], re: RegExp, key: string) => {
-      assert.throws(
-        () => devicePlan(argv),
-        (e: unknown) => {
-          assert.ok(e instanceof CliUsageError, String(e));
-          assert.match(e.message, re);
-          assert.equal(e.key, key);
-          return true;
-        },
-      );
+    const usage = (argv: string[], re: RegExp, key: string, option = '--netdev') => {
+      throwsUsageError(() => devicePlan(argv), re, { option, key });
     };
     const exp = (netdev: string, i = 0) => [
       '--export',
@@ -262,6 +245,7 @@ describe('--netdev hubport options', () => {
       [...port, ...stream, '--netdev', 'hubport,id=u,hubid=0,netdev=s0', ...exp('n0'), ...exp('s0', 1)],
       /'s0' is already the host side of|already the uplink/,
       'netdev',
+      '--export',
     );
     usage(
       [
@@ -280,6 +264,7 @@ describe('--netdev hubport options', () => {
       [...port, ...stream, '--netdev', 'hubport,id=u,hubid=0,netdev=s0', ...exp('n0'), ...exp('u', 1)],
       /'u' is the port of its uplink --netdev 's0'/,
       'netdev',
+      '--export',
     );
     usage(
       [...port, ...stream, '--netdev', 'hubport,id=u,hubid=9,netdev=s0', ...exp('n0')],
