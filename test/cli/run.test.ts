@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -287,83 +287,37 @@ describe(
     test('SIGINT during a long command: the guest is killed outright (no UML SIGTERM panic), status 130, nothing left', async () => {
       // linux.uml's own SIGTERM handler panics with a virtio-net device attached ("bad: scheduling from the idle
       // thread!"); --verbose shows what the guest prints while it goes.
-      const child = spawn(
-        process.execPath,
-        [
-          mainJs,
-          'run',
-          '--verbose',
-          '--netdev',
-          'hubport,id=n0,hubid=0',
-          '--export',
-          'type=vhost-user-net,id=e0,netdev=n0',
-          '--',
-          'ip link set eth0 up && echo ringvm-guest-up; sleep 600',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+      const guest = await runningGuest(
+        ['--verbose', '--netdev', 'hubport,id=n0,hubid=0', '--export', 'type=vhost-user-net,id=e0,netdev=n0'],
+        'ip link set eth0 up && echo ringvm-guest-up; sleep 600',
       );
-      let out = '';
-      let err = '';
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.on('data', (d: Buffer) => {
-          out += d.toString();
-          if (out.includes('ringvm-guest-up')) resolve();
-        });
-        child.once('close', () => {
-          reject(new Error(`ringvm run ended before the guest command ran:\n${out}\n${err}`));
-        });
-      });
-      const umlDir = umlDirOfChild(child.pid as number);
-      assert.ok(umlDir !== undefined, 'linux.uml runs as a child of ringvm, with a uml_dir');
       // The panic needs an idle guest (the handler then runs on the idle thread): let it settle into its sleep.
       await new Promise((resolve) => setTimeout(resolve, 2000));
-      child.kill('SIGINT');
-      const status = await exited;
-      assert.equal(status, 130, err);
-      assert.doesNotMatch(out + err, /Kernel panic|scheduling from the idle thread/);
+      guest.child.kill('SIGINT');
+      const status = await guest.exited;
+      assert.equal(status, 130, guest.err());
+      assert.doesNotMatch(guest.out() + guest.err(), /Kernel panic|scheduling from the idle thread/);
       assert.deepEqual(
-        processesWith('linux.uml', `uml_dir=${umlDir}`),
+        processesWith('linux.uml', `uml_dir=${guest.umlDir}`),
         [],
         'no process of the guest is left',
       );
     });
 
     test('killed outright (SIGKILL): the guest and its temporary directory go too (the watchdog)', async () => {
-      const child = spawn(
-        process.execPath,
+      const guest = await runningGuest(
         [
-          mainJs,
-          'run',
           '--blockdev',
           'driver=memory,node-name=d0,size=16M',
           '--export',
           'type=vhost-user-blk,id=e0,node-name=d0',
-          '--',
-          'echo ringvm-guest-up; sleep 600',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        'echo ringvm-guest-up; sleep 600',
       );
-      let out = '';
-      let err = '';
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      const exited = new Promise((resolve) => child.once('close', resolve));
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.on('data', (d: Buffer) => {
-          out += d.toString();
-          if (out.includes('ringvm-guest-up')) resolve();
-        });
-        child.once('close', () => {
-          reject(new Error(`ringvm run ended before the guest command ran:\n${out}\n${err}`));
-        });
-      });
-      const pid = child.pid as number;
-      const umlDir = umlDirOfChild(pid);
-      assert.ok(umlDir !== undefined, 'linux.uml runs as a child of ringvm, with a uml_dir');
+      const { umlDir } = guest;
       assert.ok(processesWith('linux.uml', `uml_dir=${umlDir}`).length > 0);
-      process.kill(pid, 'SIGKILL');
-      await exited;
+      process.kill(guest.child.pid as number, 'SIGKILL');
+      await guest.exited;
       const deadline = Date.now() + 30_000;
       while (
         (processesWith('linux.uml', `uml_dir=${umlDir}`).length > 0 || existsSync(dirname(umlDir))) &&
@@ -378,6 +332,38 @@ describe(
     });
   },
 );
+
+/** A `ringvm run ARGS -- COMMAND` whose COMMAND has printed `ringvm-guest-up`, and its guest's uml_dir. */
+async function runningGuest(
+  args: string[],
+  command: string,
+): Promise<{
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  umlDir: string;
+  out(): string;
+  err(): string;
+}> {
+  const child = spawn(process.execPath, [mainJs, 'run', ...args, '--', command], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('ringvm-guest-up')) resolve();
+    });
+    child.once('close', () => {
+      reject(new Error(`ringvm run ended before the guest command ran:\n${out}\n${err}`));
+    });
+  });
+  const umlDir = umlDirOfChild(child.pid as number);
+  assert.ok(umlDir !== undefined, 'linux.uml runs as a child of ringvm, with a uml_dir');
+  return { child, exited, umlDir, out: () => out, err: () => err };
+}
 
 /** The uml_dir of the linux.uml process whose parent is `ppid`, if there is one. */
 function umlDirOfChild(ppid: number): string | undefined {
