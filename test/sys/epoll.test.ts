@@ -148,9 +148,14 @@ describe('Epoll', () => {
       assert.ok(ticks > 10, `the main event loop ran ${ticks} times`);
       assert.equal(messages.length, 1, 'the worker has not woken without a write');
 
+      // Both awaited before the write: a worker that exits right after its last message has that message and its
+      // 'exit' emitted in one go (Node drains the port on exit), before a later once(worker, 'exit') could listen.
+      const wokeMessage = once(worker, 'message');
+      const exited = once(worker, 'exit');
+      exited.catch(() => undefined); // awaited below; a worker error fails the test through wokeMessage first
       Atomics.store(shared, 0, 1);
       eventfdWrite(kick, 3);
-      const [woke] = (await once(worker, 'message')) as [Record<string, unknown>];
+      const [woke] = (await wokeMessage) as [Record<string, unknown>];
       assert.equal(woke.type, 'woke');
       assert.equal(woke.count, 1);
       assert.equal(woke.token, 77);
@@ -158,7 +163,7 @@ describe('Epoll', () => {
       assert.equal(woke.flagAtWake, 1, 'it woke after the write, not before');
       assert.ok((woke.blockedMs as number) >= 90, `blocked ${String(woke.blockedMs)} ms`);
       assert.equal(woke.value, 3n);
-      const [code] = (await once(worker, 'exit')) as [number];
+      const [code] = (await exited) as [number];
       assert.equal(code, 0);
     } finally {
       eventfdWrite(kick, 1); // never leave a worker blocked in the kernel
