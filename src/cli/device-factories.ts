@@ -159,8 +159,8 @@ export async function openNetBackends(
         mode: args.mode,
         address: args.address,
         ...(args.reconnectMs !== undefined && { reconnectMs: args.reconnectMs }),
+        ...(onLog !== undefined && { onLog }),
       });
-      if (onLog !== undefined) stream.onLog = onLog;
       return { backends: [stream], ifname: undefined };
     }
     case 'switch-port':
@@ -171,8 +171,8 @@ export async function openNetBackends(
         ...(args.socketPath !== undefined && { socketPath: args.socketPath }),
         ...(args.command !== undefined && { command: args.command }),
         ...(args.netns !== undefined && { netns: args.netns }),
+        ...(onLog !== undefined && { onLog }),
       });
-      if (onLog !== undefined) passt.onLog = onLog;
       return { backends: [passt], ifname: undefined };
     }
   }

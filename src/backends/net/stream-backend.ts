@@ -41,6 +41,10 @@ export class StreamNetBackend extends StreamLink {
   #server: net.Server | undefined;
   #ownsPath = false;
   #timer: NodeJS.Timeout | undefined;
+  /** Client: connection attempts failed since the link was last up (logged once per series). */
+  #failedAttempts = 0;
+  /** Client: the link was lost; the next connection is logged as a reconnection. */
+  #reconnecting = false;
 
   private constructor(options: StreamNetBackendOptions) {
     super(options);
@@ -84,7 +88,12 @@ export class StreamNetBackend extends StreamLink {
   }
 
   protected override onDetach(): void {
-    if (this.mode === 'client') this.#scheduleReconnect();
+    if (this.mode !== 'client' || this.closed) return;
+    if (this.reconnectMs !== undefined) {
+      this.onLog?.(`stream client: ${describeAddress(this.#address)} went away; reconnecting`);
+      this.#reconnecting = true;
+    }
+    this.#scheduleReconnect();
   }
 
   // ---- server ----
@@ -137,8 +146,19 @@ export class StreamNetBackend extends StreamLink {
           { cause: e },
         );
       }
-      this.#scheduleReconnect();
+      this.#connectFailed(e);
     }
+  }
+
+  /** A reconnecting client's attempt failed: the first failure of a series is logged, the rest retried quietly. */
+  #connectFailed(e: unknown): void {
+    if (this.#failedAttempts++ === 0) {
+      this.onLog?.(
+        `stream client: cannot connect to ${describeAddress(this.#address)} (${describeError(e)}); ` +
+          `retrying every ${this.reconnectMs} ms`,
+      );
+    }
+    this.#scheduleReconnect();
   }
 
   #connectOnce(): Promise<void> {
@@ -154,6 +174,13 @@ export class StreamNetBackend extends StreamLink {
       socket.once('connect', () => {
         socket.off('error', onError);
         socket.setNoDelay(true);
+        const failed = this.#failedAttempts;
+        if (failed > 0 || this.#reconnecting) {
+          const after = failed > 0 ? ` after ${failed} failed attempt${failed === 1 ? '' : 's'}` : '';
+          this.onLog?.(`stream client: connected to ${describeAddress(address)}${after}`);
+        }
+        this.#failedAttempts = 0;
+        this.#reconnecting = false;
         this.adopt(socket);
         resolve();
       });
@@ -165,8 +192,8 @@ export class StreamNetBackend extends StreamLink {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       if (this.closed) return;
-      this.#connectOnce().catch(() => {
-        this.#scheduleReconnect();
+      this.#connectOnce().catch((e: unknown) => {
+        this.#connectFailed(e);
       });
     }, this.reconnectMs);
   }

@@ -33,6 +33,8 @@ export interface StreamLinkOptions {
   readonly maxFrame?: number;
   /** Received bytes queued before the socket is paused (default 1 MiB). */
   readonly receiveQueueBytes?: number;
+  /** Where log lines go from the start (also settable later through `onLog`). */
+  readonly onLog?: (line: string) => void;
 }
 
 export interface StreamLinkStats {
@@ -81,6 +83,7 @@ export abstract class StreamLink implements NetBackend {
     this.maxFrame = options.maxFrame ?? STREAM_FRAME_MAX_BYTES;
     this.receiveQueueBytes = options.receiveQueueBytes ?? STREAM_RECEIVE_QUEUE_BYTES;
     this.#parser = new StreamFrameParser(this.maxFrame);
+    this.onLog = options.onLog;
   }
 
   get linkUp(): boolean {

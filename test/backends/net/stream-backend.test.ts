@@ -149,13 +149,18 @@ describe('StreamNetBackend', () => {
 
   test('a reconnecting client comes up when the server appears and again after it restarts', async () => {
     const path = join(dir, 'later.sock');
+    const log: string[] = [];
     const client = await StreamNetBackend.open({
       mode: 'client',
       address: { type: 'unix', path },
       reconnectMs: 20,
+      onLog: (line) => log.push(line),
     });
     const c = new BackendProbe(client);
     assert.equal(client.linkUp, false);
+    // Given at open, the log has the first failure already (it happened inside open).
+    assert.equal(log.length, 1);
+    assert.match(log[0] ?? '', /cannot connect to .*later\.sock .*retrying every 20 ms/);
     let server = await StreamNetBackend.open({ mode: 'server', address: { type: 'unix', path } });
     await until(() => client.linkUp, 'client connected');
     await server.close();
@@ -165,7 +170,17 @@ describe('StreamNetBackend', () => {
     new BackendProbe(server).send(testFrame(mac(2), mac(1), 80, 3));
     await until(() => c.frames.length === 1, 'frame after reconnecting');
     assert.deepEqual(c.links, [true, false, true]);
+    // One line per event, not per retry: failing, connected, gone, (failing again if the restart took longer
+    // than one retry,) connected again.
+    const events = log.map((l) => /cannot connect|connected to|went away/.exec(l)?.[0]).join(', ');
+    assert.match(
+      events,
+      /^cannot connect, connected to, went away, (cannot connect, )?connected to$/,
+      log.join('\n'),
+    );
+    const lines = log.length;
     await client.close();
+    assert.equal(log.length, lines, 'closing the client is not a reconnect');
     await server.close();
   });
 
