@@ -23,7 +23,11 @@ import { ratioSpread } from './round-stats.js';
 
 const STREAM_MIB = 512;
 const RR_COUNT = 10_000;
-const ROUNDS = positiveInt(process.env.RINGVM_BENCH_ROUNDS) ?? 5;
+/**
+ * Rounds per interface; the best counts. 10, not 5: one interface's rounds span 2× on an unpinned 2-core machine
+ * (docs/benchmarks.md), and with 5 the best-round ratio still swung 0.79–1.37× between runs. A round is ~4 s.
+ */
+const ROUNDS = positiveInt(process.env.RINGVM_BENCH_ROUNDS) ?? 10;
 const SINK_PORT = 5101;
 const ECHO_PORT = 5102;
 
