@@ -27,6 +27,8 @@ interface Waiter {
   readonly kind: ReplyKind;
   readonly resolve: (m: VhostUserMessage) => void;
   readonly reject: (e: Error) => void;
+  /** The reply deadline (with a reply timeout). */
+  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 const RECV_BYTES = 4096;
@@ -38,16 +40,29 @@ export class FrontendChannel {
   readonly #waiters: Waiter[] = [];
   readonly #onHangUp: (error: VhostUserFrontendError) => void;
   readonly #location: string;
+  readonly #replyTimeoutMs: number | undefined;
   #watch: FdWatch | undefined;
   #error: VhostUserFrontendError | undefined;
 
-  constructor(fd: number, location: string, onHangUp: (error: VhostUserFrontendError) => void) {
+  /** `replyTimeoutMs`: how long a reply may take before the connection is dropped (REPLY_TIMEOUT); none: forever. */
+  constructor(
+    fd: number,
+    location: string,
+    onHangUp: (error: VhostUserFrontendError) => void,
+    replyTimeoutMs?: number,
+  ) {
     this.fd = fd;
     this.#location = location;
     this.#onHangUp = onHangUp;
+    this.#replyTimeoutMs = replyTimeoutMs;
     this.#watch = watchReadable(fd, () => {
       this.#onReadable();
     });
+  }
+
+  /** Where the channel goes (`vhost-user:PATH`), for messages. */
+  get location(): string {
+    return this.#location;
   }
 
   /** Why the channel is down, or undefined while it is up. */
@@ -79,7 +94,19 @@ export class FrontendChannel {
     }
     if (kind === 'none') return Promise.resolve(null);
     return new Promise<VhostUserMessage>((resolve, reject) => {
-      this.#waiters.push({ request, kind, resolve, reject });
+      const waiter: Waiter = { request, kind, resolve, reject, timer: undefined };
+      const ms = this.#replyTimeoutMs;
+      if (ms !== undefined) {
+        // Replies come in order, so a late one leaves the stream unusable: the whole connection goes.
+        waiter.timer = setTimeout(() => {
+          this.#fail(
+            'REPLY_TIMEOUT',
+            `${this.#location}: no reply to ${frontendRequestName(request)} within ${ms} ms`,
+            undefined,
+          );
+        }, ms);
+      }
+      this.#waiters.push(waiter);
     }).then((m) => {
       if (kind !== 'ack') return m;
       const status = m.payload.length === U64_SIZE ? decodeU64(m.payload) : -1n;
@@ -137,6 +164,7 @@ export class FrontendChannel {
   #reply(m: VhostUserMessage): void {
     for (const fd of m.fds) closeFd(fd); // no reply this front end asks for carries fds
     const waiter = this.#waiters.shift();
+    if (waiter?.timer !== undefined) clearTimeout(waiter.timer);
     if (waiter === undefined) {
       this.#fail('BAD_REPLY', `${this.#location}: an unsolicited ${frontendRequestName(m.request)} reply`, m);
       return;
@@ -154,7 +182,7 @@ export class FrontendChannel {
   }
 
   #fail(
-    code: 'DISCONNECTED' | 'BAD_REPLY' | 'CLOSED',
+    code: 'DISCONNECTED' | 'BAD_REPLY' | 'CLOSED' | 'REPLY_TIMEOUT',
     message: string,
     cause: unknown,
     notify = true,
@@ -175,7 +203,10 @@ export class FrontendChannel {
     } catch {
       // already gone
     }
-    for (const w of this.#waiters.splice(0)) w.reject(error);
+    for (const w of this.#waiters.splice(0)) {
+      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.reject(error);
+    }
     if (notify) this.#onHangUp(error);
     return error;
   }

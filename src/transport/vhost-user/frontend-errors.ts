@@ -16,6 +16,8 @@ export type VhostUserFrontendErrorCode =
   | 'REQUEST_REFUSED'
   /** A reply that does not answer the request sent, or has the wrong size, or is malformed. */
   | 'BAD_REPLY'
+  /** No reply within the front end's `replyTimeoutMs`; the connection is dropped. */
+  | 'REPLY_TIMEOUT'
   /** Something the back end did not offer (config space without the CONFIG protocol feature, ...). */
   | 'UNSUPPORTED'
   /** A queue cannot be set up (index beyond the back end's queues, bad size). */

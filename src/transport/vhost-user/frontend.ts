@@ -71,6 +71,7 @@ import {
   VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_STATE_SIZE,
   VhostUserProtocolFeature as P,
+  frontendRequestName,
 } from './protocol.js';
 
 export { VhostUserFrontendError } from './frontend-errors.js';
@@ -97,6 +98,11 @@ export interface VhostUserFrontendOptions {
   readonly queueSize?: number;
   /** Keep retrying the connection this long while the socket is missing or refuses (default 0: once). */
   readonly connectTimeoutMs?: number;
+  /**
+   * Drop the connection (REPLY_TIMEOUT) when a reply takes longer than this. Default: wait as long as it takes,
+   * as QEMU does; a test rig facing a back end that may hang sets one.
+   */
+  readonly replyTimeoutMs?: number;
   /**
    * Device feature bits to hide from the driver (never offered by getFeatures), like QEMU's per-device feature
    * properties. E.g. qemu-storage-daemon 7.2 offers VIRTIO_BLK_F_SIZE_MAX with size_max = 0.
@@ -189,14 +195,27 @@ export class VhostUserFrontend implements VirtioConfigOps {
         queueSize,
       );
     }
+    const replyTimeoutMs = options.replyTimeoutMs;
+    if (replyTimeoutMs !== undefined && !(Number.isSafeInteger(replyTimeoutMs) && replyTimeoutMs > 0)) {
+      throw new VhostUserFrontendError(
+        'INVALID_STATE',
+        `replyTimeoutMs ${replyTimeoutMs} is not a positive whole number of milliseconds`,
+        replyTimeoutMs,
+      );
+    }
     const fd = await connectWithRetry(socketPath, options.connectTimeoutMs ?? 0);
     const location = `vhost-user:${socketPath}`;
     let frontend: VhostUserFrontend | undefined;
     let hungUp: VhostUserFrontendError | undefined;
-    const channel = new FrontendChannel(fd, location, (e) => {
-      if (frontend === undefined) hungUp = e;
-      else frontend._hangUp(e);
-    });
+    const channel = new FrontendChannel(
+      fd,
+      location,
+      (e) => {
+        if (frontend === undefined) hungUp = e;
+        else frontend._hangUp(e);
+      },
+      replyTimeoutMs,
+    );
     let memfd = -1;
     let mapping: MappedMemory | undefined;
     try {
@@ -556,7 +575,7 @@ async function replyBody(
   if (size !== undefined && body.length !== size) {
     throw new VhostUserFrontendError(
       'BAD_REPLY',
-      `reply of ${body.length} bytes (${size} expected)`,
+      `${channel.location}: a ${frontendRequestName(request)} reply of ${body.length} bytes (${size} expected)`,
       request,
     );
   }
