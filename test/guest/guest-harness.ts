@@ -90,6 +90,15 @@ export async function waitFor(path: string, timeoutMs: number, what: () => strin
 
 export const MiB = 1024 * 1024;
 
+/** The argv of process `pid`, or [] if it has exited (even between finding its pid and reading this). */
+export function commandLine(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+  } catch {
+    return []; // ENOENT, or ESRCH when it exits while the file is open
+  }
+}
+
 /** Pids whose command line contains `needle` (UML's helper processes share the kernel's command line). */
 export function processesWith(needle: string): number[] {
   const pids: number[] = [];

@@ -16,7 +16,17 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MiB, pattern, processesWith, root, run, runUml, script, waitFor } from './guest-harness.js';
+import {
+  MiB,
+  commandLine,
+  pattern,
+  processesWith,
+  root,
+  run,
+  runUml,
+  script,
+  waitFor,
+} from './guest-harness.js';
 
 describe('UML guest (scripts/guest)', { timeout: 30 * 60_000 }, () => {
   let work = '';
@@ -124,7 +134,7 @@ describe('UML guest (scripts/guest)', { timeout: 30 * 60_000 }, () => {
     });
     // linux.uml's command line holds uml_dir (run-uml's own shells hold only the tag).
     const umlDir = processesWith(tag)
-      .flatMap((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'))
+      .flatMap(commandLine)
       .find((a) => a.startsWith('uml_dir='))
       ?.slice('uml_dir='.length);
     assert.ok(umlDir !== undefined, 'the guest has a uml_dir');
