@@ -25,6 +25,7 @@ import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../src/virtio/driver/vi
 import type { ScatterEntry, Virtqueue } from '../../src/virtio/driver/virtqueue.js';
 import { VirtioError } from '../../src/virtio/errors.js';
 import { DeviceStatus } from '../../src/virtio/status.js';
+import { corruptRing, ringCorruption, type RingCorruption } from '../fixtures/ring-corruption.js';
 import { MemoryChardev } from './console/memory-chardev.js';
 import { MemoryNetBackend } from './net/memory-net-backend.js';
 
@@ -123,13 +124,7 @@ type Op =
   | { readonly kind: 'kick'; readonly queue: number }
   | { readonly kind: 'run' }
   | { readonly kind: 'cb'; readonly queue: number; readonly enable: boolean }
-  | {
-      readonly kind: 'corrupt';
-      readonly queue: number;
-      readonly area: 'desc' | 'avail' | 'used';
-      readonly offset: number;
-      readonly value: number;
-    };
+  | ({ readonly kind: 'corrupt'; readonly queue: number } & RingCorruption);
 
 const queueIndex = fc.nat({ max: 15 });
 const op: fc.Arbitrary<Op> = fc.oneof(
@@ -151,13 +146,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     weight: 1,
   },
   {
-    arbitrary: fc.record({
-      kind: fc.constant('corrupt' as const),
-      queue: queueIndex,
-      area: fc.constantFrom('desc' as const, 'avail' as const, 'used' as const),
-      offset: fc.nat(),
-      value: fc.integer({ min: 0, max: 255 }),
-    }),
+    arbitrary: fc
+      .tuple(queueIndex, ringCorruption)
+      .map(([queue, c]) => ({ kind: 'corrupt' as const, queue, ...c })),
     weight: 1,
   },
 );
@@ -300,20 +291,7 @@ for (const subject of SUBJECTS) {
                     break;
                   }
                   case 'corrupt': {
-                    const vq = vqs[o.queue % count]!;
-                    const base =
-                      o.area === 'desc'
-                        ? vq.addresses.descTable
-                        : o.area === 'avail'
-                          ? vq.addresses.availRing
-                          : vq.addresses.usedRing;
-                    const span =
-                      o.area === 'desc'
-                        ? 16 * QUEUE_SIZE
-                        : o.area === 'avail'
-                          ? 6 + 2 * QUEUE_SIZE
-                          : 6 + 8 * QUEUE_SIZE;
-                    memory.writeU8(base + (o.offset % span), o.value);
+                    corruptRing(memory, vqs[o.queue % count]!.addresses, QUEUE_SIZE, o);
                     corrupted.add(o.queue % count);
                     break;
                   }

@@ -18,6 +18,7 @@ import { VirtioError } from '../../../src/virtio/errors.js';
 import { VirtioFeature, featureSet } from '../../../src/virtio/features.js';
 import { DeviceStatus } from '../../../src/virtio/status.js';
 import { ECHO_DEVICE_ID, EchoDevice } from '../../fixtures/echo-device.js';
+import { corruptRing, ringCorruption, type RingCorruption } from '../../fixtures/ring-corruption.js';
 
 const QUEUE_SIZE = 16;
 
@@ -26,12 +27,7 @@ type Op =
   | { readonly kind: 'kick' }
   | { readonly kind: 'run' }
   | { readonly kind: 'cb'; readonly enable: boolean }
-  | {
-      readonly kind: 'corrupt';
-      readonly area: 'desc' | 'avail' | 'used';
-      readonly offset: number;
-      readonly value: number;
-    };
+  | ({ readonly kind: 'corrupt' } & RingCorruption);
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
@@ -47,12 +43,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.constant({ kind: 'run' as const }), weight: 3 },
   { arbitrary: fc.record({ kind: fc.constant('cb' as const), enable: fc.boolean() }), weight: 1 },
   {
-    arbitrary: fc.record({
-      kind: fc.constant('corrupt' as const),
-      area: fc.constantFrom('desc' as const, 'avail' as const, 'used' as const),
-      offset: fc.nat(),
-      value: fc.integer({ min: 0, max: 255 }),
-    }),
+    arbitrary: ringCorruption.map((c) => ({ kind: 'corrupt' as const, ...c })),
     weight: 1,
   },
 );
@@ -173,19 +164,7 @@ describe('ring oracle over the loopback transport', () => {
                   else vq.disableCb();
                   break;
                 case 'corrupt': {
-                  const base =
-                    o.area === 'desc'
-                      ? vq.addresses.descTable
-                      : o.area === 'avail'
-                        ? vq.addresses.availRing
-                        : vq.addresses.usedRing;
-                  const span =
-                    o.area === 'desc'
-                      ? 16 * QUEUE_SIZE
-                      : o.area === 'avail'
-                        ? 6 + 2 * QUEUE_SIZE
-                        : 6 + 8 * QUEUE_SIZE;
-                  memory.writeU8(base + (o.offset % span), o.value);
+                  corruptRing(memory, vq.addresses, QUEUE_SIZE, o);
                   corrupted.add(o.area);
                   break;
                 }
