@@ -13,7 +13,7 @@
  * `node build/bench/main.js --qcow2-only` runs this alone (`--quick`: smaller, one round).
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -49,6 +49,22 @@ function timed(cmd: string, args: readonly string[]): number {
   const t = now();
   run(cmd, args);
   return now() - t;
+}
+
+/**
+ * Reads `path` once so that a timed command finds it in the page cache. This machine's DAMON `pageout` scheme
+ * evicts pages idle for about a minute (docs/benchmarks.md), which made single runs of either tool 2-5x slower.
+ */
+function warm(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(4 * MiB);
+    for (let pos = 0; ; pos += buf.length) {
+      if (readSync(fd, buf, 0, buf.length, pos) === 0) break;
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** A raw file of `bytes`: data (nonzero, varying) in three of every four MiB, zeros in the fourth. */
@@ -133,10 +149,20 @@ export async function runQcow2Bench(options: { quick?: boolean } = {}): Promise<
       let ours = Infinity;
       let theirs = Infinity;
       const out = join(work, `out.${c.to}`);
+      const args = ['convert', '-f', c.from, '-O', c.to, c.src, out];
+      // One untimed run of each first: both programs' own files (node, ringvm's modules, qemu-img and its
+      // libraries) come back into the page cache too.
+      for (const [cmd, argv] of [
+        [process.execPath, [cli, 'img', ...args]],
+        ['qemu-img', args],
+      ] as const) {
+        rmSync(out, { force: true });
+        run(cmd, argv);
+      }
       for (let round = 0; round < rounds; round++) {
-        const args = ['convert', '-f', c.from, '-O', c.to, c.src, out];
         for (const k of round % 2 === 0 ? [0, 1] : [1, 0]) {
           rmSync(out, { force: true });
+          warm(c.src);
           if (k === 0) ours = Math.min(ours, timed(process.execPath, [cli, 'img', ...args]));
           else theirs = Math.min(theirs, timed('qemu-img', args));
         }
