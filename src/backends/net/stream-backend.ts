@@ -43,8 +43,6 @@ export class StreamNetBackend extends StreamLink {
   #timer: NodeJS.Timeout | undefined;
   /** Client: connection attempts failed since the link was last up (logged once per series). */
   #failedAttempts = 0;
-  /** Client: the link was lost; the next connection is logged as a reconnection. */
-  #reconnecting = false;
 
   private constructor(options: StreamNetBackendOptions) {
     super(options);
@@ -91,7 +89,6 @@ export class StreamNetBackend extends StreamLink {
     if (this.mode !== 'client' || this.closed) return;
     if (this.reconnectMs !== undefined) {
       this.onLog?.(`stream client: ${describeAddress(this.#address)} went away; reconnecting`);
-      this.#reconnecting = true;
     }
     this.#scheduleReconnect();
   }
@@ -175,12 +172,12 @@ export class StreamNetBackend extends StreamLink {
         socket.off('error', onError);
         socket.setNoDelay(true);
         const failed = this.#failedAttempts;
-        if (failed > 0 || this.#reconnecting) {
+        // Logged when it took retries, or when it is not the first connection (a reconnection).
+        if (failed > 0 || this.stats.connections > 0) {
           const after = failed > 0 ? ` after ${failed} failed attempt${failed === 1 ? '' : 's'}` : '';
           this.onLog?.(`stream client: connected to ${describeAddress(address)}${after}`);
         }
         this.#failedAttempts = 0;
-        this.#reconnecting = false;
         this.adopt(socket);
         resolve();
       });
