@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { CliUsageError } from '../../src/cli/cli-error.js';
 import { checkRunPlan, parseRunArgv, qemuCommandLine, umlCommandLine } from '../../src/cli/run.js';
+import { commandLine } from '../guest/guest-harness.js';
 import { compiled, mainJs, ringvm } from './ringvm-process.js';
 
 let dir = '';
@@ -370,13 +371,12 @@ function umlDirOfChild(ppid: number): string | undefined {
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     let stat: string;
-    let argv: string[];
     try {
       stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-      argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
     } catch {
       continue; // gone
     }
+    const argv = commandLine(Number(pid));
     // Field 4 (after "pid (comm) state") is the parent's pid; comm may hold spaces, so split after the ')'.
     const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
     if (parent !== ppid || !(argv[0] ?? '').endsWith('linux.uml')) continue;
@@ -391,12 +391,7 @@ function processesWith(program: string, tag: string): string[] {
   const found: string[] = [];
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
-    let argv: string[];
-    try {
-      argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
-    } catch {
-      continue; // gone
-    }
+    const argv = commandLine(Number(pid));
     if ((argv[0] ?? '').endsWith(program) && argv.some((a) => a.includes(tag))) found.push(pid);
   }
   return found;

@@ -104,11 +104,7 @@ export function processesWith(needle: string): number[] {
   const pids: number[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
-    try {
-      if (readFileSync(`/proc/${name}/cmdline`, 'latin1').includes(needle)) pids.push(Number(name));
-    } catch {
-      // exited meanwhile
-    }
+    if (commandLine(Number(name)).some((arg) => arg.includes(needle))) pids.push(Number(name));
   }
   return pids;
 }
