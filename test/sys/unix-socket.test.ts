@@ -1,14 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  existsSync,
-  fstatSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -24,35 +16,15 @@ import {
   WOULD_BLOCK,
 } from '../../src/sys/unix-socket.js';
 import { eventfd, eventfdRead, eventfdWrite } from '../../src/sys/eventfd.js';
+import { isOpen, openFds } from '../fixtures/open-fds.js';
 import { ftruncate, mapShared, memfdCreate } from '../../src/sys/mmap.js';
 import { isSysError, SysError } from '../../src/sys/sys-error.js';
-
-/** Open in this process? Checked two independent ways: the kernel's fd table in /proc and fstat. */
-function isOpen(fd: number): boolean {
-  const inProc = existsSync(`/proc/self/fd/${fd}`);
-  let statOk = true;
-  try {
-    fstatSync(fd);
-  } catch (error) {
-    assert.equal((error as NodeJS.ErrnoException).code, 'EBADF');
-    statOk = false;
-  }
-  assert.equal(inProc, statOk, `/proc/self/fd and fstat disagree about fd ${fd}`);
-  return statOk;
-}
 
 /** O_CLOEXEC in the kernel's flags for the fd (/proc/self/fdinfo prints them in octal). */
 function isCloseOnExec(fd: number): boolean {
   const flags = /flags:\s*([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
   assert.ok(flags !== undefined);
   return (parseInt(flags, 8) & 0o2000000) !== 0;
-}
-
-/** The fds open in this process (listing /proc/self/fd opens one for the directory: filtered out by isOpen). */
-function openFds(): number[] {
-  return readdirSync('/proc/self/fd')
-    .map(Number)
-    .filter((fd) => isOpen(fd));
 }
 
 function withPair(body: (a: number, b: number) => void): void {
