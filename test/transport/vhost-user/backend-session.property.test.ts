@@ -283,7 +283,6 @@ describe('VhostUserBackendSession under arbitrary message sequences', () => {
           const sent = step();
           assert.equal(r.session.receive(sent.bytes, sent.fds).error, null);
         }
-        let pending: Sent | null = null;
         let splitAt = -1;
         for (const o of ops) {
           if (o.kind === 'kick') {
@@ -297,18 +296,17 @@ describe('VhostUserBackendSession under arbitrary message sequences', () => {
           const sent = message(r, o);
           if (sent === null) continue;
           // A split message arrives in two chunks (the fds with the first, as recvmsg delivers them).
+          const cut = splitAt >= 0 && sent.bytes.length > 1 ? 1 + (splitAt % (sent.bytes.length - 1)) : 0;
           const chunks: Sent[] =
-            splitAt >= 0 && sent.bytes.length > 1
+            cut > 0
               ? [
-                  { bytes: sent.bytes.subarray(0, 1 + (splitAt % (sent.bytes.length - 1))), fds: sent.fds },
-                  { bytes: sent.bytes.subarray(1 + (splitAt % (sent.bytes.length - 1))), fds: [] },
+                  { bytes: sent.bytes.subarray(0, cut), fds: sent.fds },
+                  { bytes: sent.bytes.subarray(cut), fds: [] },
                 ]
               : [sent];
           splitAt = -1;
           for (const c of chunks) {
-            pending = c;
             const result = r.session.receive(c.bytes, c.fds);
-            pending = null;
             if (result.error !== null) {
               assert.ok(result.error instanceof VirtioError, 'typed error');
               // The session closed itself: it holds nothing now.
@@ -316,7 +314,6 @@ describe('VhostUserBackendSession under arbitrary message sequences', () => {
             }
           }
         }
-        assert.equal(pending, null);
         assert.deepEqual(r.untyped, [], 'only typed errors');
         r.session.close();
         r.io.assertClean();
