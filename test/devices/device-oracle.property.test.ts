@@ -24,6 +24,7 @@ import type { VirtioBusDevice } from '../../src/virtio/driver/virtio-bus-device.
 import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../src/virtio/driver/virtio-driver.js';
 import type { ScatterEntry, Virtqueue } from '../../src/virtio/driver/virtqueue.js';
 import { VirtioError } from '../../src/virtio/errors.js';
+import { AVAIL_IDX_OFFSET, USED_IDX_OFFSET } from '../../src/virtio/split/layout.js';
 import { DeviceStatus } from '../../src/virtio/status.js';
 import { corruptRing, ringCorruption, type RingCorruption } from '../fixtures/ring-corruption.js';
 import { MemoryChardev } from './console/memory-chardev.js';
@@ -180,6 +181,8 @@ interface Harness {
   readonly transport: LoopbackTransport;
   readonly dev: VirtioBusDevice;
   vqs(): readonly AddressedVq[];
+  /** Takes every used buffer of queue `index` into `returned` (what its callback does). */
+  drain(index: number, q: Virtqueue<number>): void;
   /** Tokens handed back by getBuf, per queue. */
   readonly returned: Map<number, number[]>;
   /** Exceptions that were not VirtioErrors (must stay empty). */
@@ -234,7 +237,7 @@ async function harness(device: VirtioDevice): Promise<Harness> {
     },
   });
   const dev = await bus.addDevice(transport);
-  return { bus, transport, dev, vqs: () => vqs, returned, untyped };
+  return { bus, transport, dev, vqs: () => vqs, drain, returned, untyped };
 }
 
 for (const subject of SUBJECTS) {
@@ -308,15 +311,7 @@ for (const subject of SUBJECTS) {
               }
             }
             await settle(6);
-            for (const [index, vq] of vqs.entries()) {
-              const list = h.returned.get(index) ?? [];
-              h.returned.set(index, list);
-              try {
-                for (let u = vq.getBuf(); u !== null; u = vq.getBuf()) list.push(u.token);
-              } catch (e) {
-                if (!(e instanceof VirtioError)) throw e;
-              }
-            }
+            for (const [index, vq] of vqs.entries()) h.drain(index, vq);
 
             assert.deepEqual(h.untyped, [], 'only typed VirtioErrors');
             const status = h.transport.controller.status;
@@ -337,12 +332,12 @@ for (const subject of SUBJECTS) {
                   assert.equal(q.inFlight, 0, `queue ${index}: no chain left in flight`);
                   assert.equal(
                     q.nextAvail,
-                    memory.readU16(vq.addresses.availRing + 2),
+                    memory.readU16(vq.addresses.availRing + AVAIL_IDX_OFFSET),
                     `queue ${index}: all popped`,
                   );
                   assert.equal(
                     q.nextUsed,
-                    memory.readU16(vq.addresses.usedRing + 2),
+                    memory.readU16(vq.addresses.usedRing + USED_IDX_OFFSET),
                     `queue ${index}: all used`,
                   );
                 }

@@ -16,6 +16,7 @@ import { VIRTIO_DEV_ANY_ID, type VirtioDriver } from '../../../src/virtio/driver
 import type { ScatterEntry, Virtqueue } from '../../../src/virtio/driver/virtqueue.js';
 import { VirtioError } from '../../../src/virtio/errors.js';
 import { VirtioFeature, featureSet } from '../../../src/virtio/features.js';
+import { AVAIL_IDX_OFFSET, USED_IDX_OFFSET } from '../../../src/virtio/split/layout.js';
 import { DeviceStatus } from '../../../src/virtio/status.js';
 import { ECHO_DEVICE_ID, EchoDevice } from '../../fixtures/echo-device.js';
 import { corruptRing, ringCorruption, type RingCorruption } from '../../fixtures/ring-corruption.js';
@@ -202,10 +203,14 @@ describe('ring oracle over the loopback transport', () => {
             assert.equal(q.inFlight, 0, 'no chain left in flight');
             assert.equal(
               q.nextAvail,
-              memory.readU16(vq.addresses.availRing + 2),
+              memory.readU16(vq.addresses.availRing + AVAIL_IDX_OFFSET),
               'every available head was popped',
             );
-            assert.equal(q.nextUsed, memory.readU16(vq.addresses.usedRing + 2), 'and published as used');
+            assert.equal(
+              q.nextUsed,
+              memory.readU16(vq.addresses.usedRing + USED_IDX_OFFSET),
+              'and published as used',
+            );
           }
 
           // Whatever happened, a reset brings the device back.
